@@ -1,0 +1,7 @@
+"""``python -m bulkdl``: the same command line as the ``bulkdl`` script."""
+
+from __future__ import annotations
+
+from bulkdl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""The ``bulkdl`` command line: argument parsing, logging set-up, and exit codes.
+
+Each sub-command turns its arguments into plain values and calls one function elsewhere
+(``query.run_query``, ``demo.run_demo``, ``testing.serve_forever``); this module only parses,
+dispatches and maps :class:`~bulkdl.errors.BulkdlError` to one clear line on stderr and an exit
+code (see :class:`~bulkdl.errors.ExitCode`). Credentials never come from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+import anyio
+
+from bulkdl import __version__
+from bulkdl.errors import BulkdlError, ExitCode, InputError
+from bulkdl.output import OutputFormat, write_records
+from bulkdl.query import Listing, QueryRequest, run_query
+from bulkdl.sources.auth import load_credentials
+from bulkdl.sources.nbia import PRESETS, SeriesQuery, api_version, resolve_base_url
+from bulkdl.sources.nbia_client import open_client
+
+log = logging.getLogger(__name__)
+
+
+def _date(text: str) -> date:
+    for parse in (date.fromisoformat, _mdy):
+        try:
+            return parse(text)
+        except ValueError:
+            continue
+    raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD or MM-DD-YYYY): {text!r}")
+
+
+def _mdy(text: str) -> date:
+    month, day, year = text.split("-")
+    return date(int(year), int(month), int(day))
+
+
+def _size(text: str) -> float:
+    """Bytes per second from '4MB', '500k', '1.5M', '1000000' (decimal units)."""
+    units = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}
+    raw = text.strip().upper().removesuffix("/S").removesuffix("B")
+    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4MB, 500k)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _add_api(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-url",
+        metavar="URL",
+        help=f"NBIA API base URL or preset ({', '.join(PRESETS)}); env BULKDL_API_URL; "
+        "default: TCIA's public v4 API",
+    )
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("filters (exact match, case-insensitive)")
+    group.add_argument("--collection")
+    group.add_argument("--patient-id")
+    group.add_argument("--study-uid")
+    group.add_argument("--series-uid")
+    group.add_argument("--modality")
+    group.add_argument("--body-part")
+    group.add_argument("--manufacturer")
+    group.add_argument("--manufacturer-model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="bulkdl",
+        description="Bulk download and organize DICOM series from TCIA (NBIA) and other archives.",
+    )
+    parser.add_argument("--version", action="version", version=f"bulkdl {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False, help="errors only")
+    # The same two flags after the sub-command; SUPPRESS keeps the top level's value otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    query = commands.add_parser(
+        "query",
+        parents=[common],
+        help="list series, studies, patients or values the archive holds",
+        description="List what the archive holds. A table on a terminal, CSV otherwise.",
+    )
+    query.add_argument(
+        "listing",
+        nargs="?",
+        default=Listing.SERIES.value,
+        choices=[item.value for item in Listing],
+        help="what to list (default: series)",
+    )
+    _add_api(query)
+    _add_filters(query)
+    query.add_argument(
+        "--updated-since",
+        type=_date,
+        metavar="DATE",
+        help="series added or changed since DATE (YYYY-MM-DD or MM-DD-YYYY)",
+    )
+    query.add_argument(
+        "--format",
+        choices=[item.value for item in OutputFormat],
+        help="output format (default: table on a terminal, csv otherwise); "
+        "tcia writes a manifest of the series",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="run bulkdl end to end against its own local NBIA-compatible server",
+        description="Start the in-package NBIA-compatible server on 127.0.0.1 with a generated "
+        "archive and run bulkdl against it. Needs no network.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
+
+    serve = commands.add_parser(
+        "serve-fake",
+        parents=[common],
+        help="serve a synthetic archive over NBIA's REST API (for tests and benchmarks)",
+        description="Serve a deterministic synthetic archive of real DICOM files the way NBIA "
+        "does, until interrupted. Prints the v4 base URL when ready.",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    serve.add_argument("--collections", default="DEMO-CT", help="comma-separated names")
+    serve.add_argument("--patients", type=int, default=2, help="per collection")
+    serve.add_argument("--studies", type=int, default=1, help="per patient")
+    serve.add_argument("--series", type=int, default=2, help="per study")
+    serve.add_argument("--images", type=int, default=8, help="per series")
+    serve.add_argument("--matrix", type=int, default=512, help="image rows and columns")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--awkward", action="store_true", help="hostile attribute values")
+    serve.add_argument("--metadata-only", action="store_true", help="rows only, no files")
+    serve.add_argument("--cache-dir", type=Path, help="where built archives are kept")
+    serve.add_argument("--faults", type=Path, metavar="FILE", help="fault plan (JSON or TOML)")
+    serve.add_argument(
+        "--bandwidth", type=_size, metavar="RATE", help="per-connection cap, e.g. 4MB"
+    )
+    serve.add_argument("--first-byte-delay", type=float, default=0.0, metavar="S", help="seconds")
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = (
+        logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    )
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _filters(args: argparse.Namespace) -> SeriesQuery:
+    return SeriesQuery(
+        collection=args.collection,
+        patient_id=args.patient_id,
+        study_uid=args.study_uid,
+        series_uid=args.series_uid,
+        modality=args.modality,
+        body_part=args.body_part,
+        manufacturer=args.manufacturer,
+        manufacturer_model=args.manufacturer_model,
+    )
+
+
+async def _query(args: argparse.Namespace) -> int:
+    base_url = resolve_base_url(args.api_url)
+    needs_token = api_version(base_url) in {"v2", "unversioned"}
+    credentials = load_credentials(interactive=True) if needs_token else None
+    request = QueryRequest(Listing(args.listing), _filters(args), args.updated_since)
+    request.check()
+    fmt = (
+        OutputFormat(args.format)
+        if args.format
+        else (OutputFormat.TABLE if sys.stdout.isatty() else OutputFormat.CSV)
+    )
+    async with open_client(base_url, credentials=credentials) as client:
+        records = await run_query(client, request)
+    write_records(records, fmt, sys.stdout)
+    return ExitCode.OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bulkdl.testing import ArchiveSpec, default_cache_dir, serve_forever
+
+    spec = ArchiveSpec(
+        collections=tuple(c.strip() for c in args.collections.split(",") if c.strip()),
+        patients_per_collection=args.patients,
+        studies_per_patient=args.studies,
+        series_per_study=args.series,
+        images_per_series=args.images,
+        rows=args.matrix,
+        columns=args.matrix,
+        seed=args.seed,
+        awkward=args.awkward,
+        metadata_only=args.metadata_only,
+    )
+    if not spec.collections:
+        raise InputError("--collections needs at least one name")
+
+    def ready(root_url: str) -> None:
+        print(f"{root_url}/nbia-api/services/v4/", flush=True)
+
+    async def serve() -> None:
+        await serve_forever(
+            spec,
+            host=args.host,
+            port=args.port,
+            cache_dir=args.cache_dir or default_cache_dir(),
+            faults_file=args.faults,
+            bandwidth=args.bandwidth,
+            first_byte_delay=args.first_byte_delay,
+            on_ready=ready,
+        )
+
+    anyio.run(serve)
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    if args.command is None:
+        parser.print_help()
+        return ExitCode.USAGE
+    try:
+        if args.command == "query":
+            return anyio.run(_query, args)
+        if args.command == "serve-fake":
+            return _serve(args)
+        from bulkdl.demo import run_demo
+
+        return run_demo(args.out)
+    except BulkdlError as exc:
+        print(f"bulkdl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bulkdl: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except OSError as exc:
+        print(f"bulkdl: error: {exc}", file=sys.stderr)
+        return ExitCode.ABORTED
