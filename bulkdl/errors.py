@@ -15,6 +15,9 @@ code, never a traceback. No I/O here.
     │   │   └── UnknownSeriesError   the server does not know (or will not give) this series
     │   ├── ResponseError     a 200 whose body is not what the endpoint promises
     │   └── AuthError         credentials missing or refused
+    ├── SeriesError           one series' attempt went wrong: refetch it, then fail it
+    │   ├── ArchiveError      the body is not a usable archive (not a ZIP, truncated, CRC, hostile)
+    │   └── VerificationError the files do not match what the archive promised (count, MD5, UID)
     └── AbortError            the run cannot go on: disk full, output unwritable, bad ledger (3)
 """
 
@@ -93,6 +96,24 @@ class ResponseError(SourceError):
 
 class AuthError(SourceError):
     """Credentials are missing, or the token endpoint refused them."""
+
+
+class SeriesError(BulkdlError):
+    """One attempt at one series failed a check: refetch the series, and fail it when attempts
+    run out. Recorded in the ledger and the failures file; never stops the run."""
+
+    def __init__(self, message: str, *, series_uid: str | None = None) -> None:
+        self.series_uid = series_uid
+        super().__init__(message)
+
+
+class ArchiveError(SeriesError):
+    """The series body is not a usable archive: not a ZIP, truncated, a CRC mismatch, a hostile
+    member name, or an inflated size far beyond what the archive declared."""
+
+
+class VerificationError(SeriesError):
+    """The series' files disagree with what the archive promised (image count, MD5, UIDs)."""
 
 
 class AbortError(BulkdlError):

@@ -11,8 +11,10 @@ server sends that have no field are kept in ``extra`` so nothing is lost. Pure: 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 from bulkdl.errors import InputError
 
@@ -183,3 +185,44 @@ class SeriesSize:
     SeriesInstanceUID: str
     ImageCount: int | None
     FileSize: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFile:
+    """One file of a fetched series, waiting in the staging area under ``DIR/.bulkdl/``.
+
+    ``name`` is what the source called it (a ZIP member name such as ``00000001.dcm``); it is
+    only ever compared and reported, never used as a path. ``md5`` was computed while the file
+    was written; ``header`` holds the DICOM keywords read from it (string values), or None when
+    the file is not DICOM.
+    """
+
+    name: str
+    path: Path
+    size: int
+    md5: str
+    header: Mapping[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedSeries:
+    """What a source delivered for one series: its files, and what the source declared of them.
+
+    ``declared_md5`` maps member name -> MD5 as the source listed it (NBIA's md5hashes.csv), or is
+    None when the source declared none. ``license_text`` is the collection licence that came
+    with the series, if any.
+    """
+
+    files: tuple[StagedFile, ...]
+    declared_md5: Mapping[str, str] | None = None
+    license_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedFile:
+    """One file in the output tree, as the ledger records it (``path`` relative, POSIX)."""
+
+    path: str
+    SOPInstanceUID: str
+    size: int
+    md5: str
