@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -21,6 +22,7 @@ from bulkdl import __version__
 from bulkdl.errors import BulkdlError, ExitCode, InputError
 from bulkdl.output import OutputFormat, write_records
 from bulkdl.query import Listing, QueryRequest, run_query
+from bulkdl.records import Series
 from bulkdl.sources.auth import load_credentials
 from bulkdl.sources.nbia import PRESETS, SeriesQuery, api_version, resolve_base_url
 from bulkdl.sources.nbia_client import open_client
@@ -120,6 +122,67 @@ def build_parser() -> argparse.ArgumentParser:
         "tcia writes a manifest of the series",
     )
 
+    download = commands.add_parser(
+        "download",
+        parents=[common],
+        help="download series into a verified Patient/Study/Series tree",
+        description="Download every series of the manifests (or matching the query filters) "
+        "into DIR: streamed, verified against the archive's image counts and MD5s, placed "
+        "atomically, resumable. Exit 0 all placed, 1 some failed, 2 bad input, 3 aborted, "
+        "130 interrupted.",
+    )
+    download.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="manifests (.tcia, .csv/.tsv, .txt, .json) or '-' for stdin",
+    )
+    download.add_argument("--out", type=Path, metavar="DIR", help="output folder (env BULKDL_OUT)")
+    _add_api(download)
+    _add_filters(download)
+    tuning = download.add_argument_group("settings (also from --config and BULKDL_* variables)")
+    tuning.add_argument("--config", type=Path, metavar="FILE", help="TOML settings")
+    tuning.add_argument("--concurrency", type=int, metavar="N", help="series in flight at once")
+    tuning.add_argument("--layout", metavar="TEMPLATE", help="path template or preset name")
+    tuning.add_argument("--retries", type=int, metavar="N", help="further attempts per series")
+    tuning.add_argument(
+        "--read-timeout", type=float, metavar="S", help="no bytes for S seconds aborts an attempt"
+    )
+    tuning.add_argument("--connect-timeout", type=float, metavar="S")
+    tuning.add_argument(
+        "--accept-incomplete",
+        action="store_true",
+        default=None,
+        help="also place series whose image count falls short, marked as such",
+    )
+    tuning.add_argument(
+        "--dry-run", action="store_true", default=None, help="print the plan; download nothing"
+    )
+    tuning.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=None, help="no display"
+    )
+    tuning.add_argument(
+        "--json", action="store_true", default=None, help="one JSON event per line on stdout"
+    )
+    tuning.add_argument(
+        "--new-file-names",
+        action="store_true",
+        default=None,
+        help="ask NBIA for <acq>-<inst>.dcm member names",
+    )
+    tuning.add_argument(
+        "--fsync", action="store_true", default=None, help="fsync every file as it is placed"
+    )
+
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="what the ledger of DIR says: done, failed (with reasons), pending",
+        description="Summarize DIR's ledger(s). Exit 0 when every series is done, 1 otherwise.",
+    )
+    status.add_argument("out", type=Path, metavar="DIR")
+    status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -195,6 +258,66 @@ async def _query(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+_SETTING_FLAGS = (
+    "out",
+    "api_url",
+    "concurrency",
+    "layout",
+    "retries",
+    "read_timeout",
+    "connect_timeout",
+    "accept_incomplete",
+    "dry_run",
+    "progress",
+    "json",
+    "new_file_names",
+    "fsync",
+)
+
+
+async def _download(args: argparse.Namespace) -> int:
+    from bulkdl.api import run_download, selection_of
+    from bulkdl.config import load_settings
+    from bulkdl.progress import make_reporter, summary_text
+
+    settings = load_settings(
+        flags={name: getattr(args, name) for name in _SETTING_FLAGS},
+        config_file=args.config,
+        env=os.environ,
+    )
+    selection = selection_of(args.inputs, _filters(args))
+    with make_reporter(
+        json=settings.json, progress=settings.progress, stream=sys.stdout, err=sys.stderr
+    ) as reporter:
+        result = await run_download(
+            settings, selection, reporter, handle_signals=True, interactive=True
+        )
+    if settings.dry_run:
+        _print_plan(result.planned, result.count("skipped"))
+    if not settings.json:
+        print(summary_text(result.finished), file=sys.stderr)
+        print(f"tree: {result.out}", file=sys.stderr)
+    return result.exit_code
+
+
+def _print_plan(planned: Sequence[Series], skipped: int) -> None:
+    images = sum(s.ImageCount or 0 for s in planned)
+    size = sum(s.FileSize or 0 for s in planned)
+    for series in planned:
+        print(f"{series.SeriesInstanceUID}\t{series.ImageCount or '?'}\t{series.FileSize or '?'}")
+    print(
+        f"plan: {len(planned)} series to fetch, {images} images, {size / 1e9:.2f} GB; "
+        f"{skipped} already done",
+        file=sys.stderr,
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from bulkdl.status import print_status
+
+    return print_status(args.out, as_json=args.json)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from bulkdl.testing import ArchiveSpec, default_cache_dir, serve_forever
 
@@ -245,6 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(_query, args)
         if args.command == "serve-fake":
             return _serve(args)
+        if args.command == "download":
+            return anyio.run(_download, args)
+        if args.command == "status":
+            return _status(args)
         from bulkdl.demo import run_demo
 
         return run_demo(args.out)

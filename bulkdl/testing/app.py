@@ -287,6 +287,8 @@ async def _zip(
             variant = _with(variant, keep=0)
         elif fault.kind is FaultKind.HOSTILE_NAMES:
             variant = _with(variant, hostile=True)
+        elif fault.kind is FaultKind.WRONG_SERIES and fault.other is not None:
+            series = _series(state, fault.other)
     path, spans = await asyncio.to_thread(state.zip_cache.get, series, variant)
     response = web.StreamResponse(
         status=200,

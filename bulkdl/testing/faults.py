@@ -38,6 +38,7 @@ class FaultKind(StrEnum):
     HOSTILE_NAMES = "hostile_names"  # images named ../evil.dcm, /abs.dcm, ..\\win.dcm, C:/drive.dcm
     NOT_ZIP = "not_zip"  # 200 with an HTML error page instead of a ZIP
     EMPTY_SERIES = "empty_series"  # a ZIP holding only LICENSE (and an empty md5hashes.csv)
+    WRONG_SERIES = "wrong_series"  # another series' images, valid in every other way
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Fault:
     in_entry: str | None = None
     seconds: float | None = None
     keep: int | None = None
+    other: str | None = None
 
     @classmethod
     def http_status(cls, status: int = 500, text: str | None = None) -> Fault:
@@ -129,6 +131,11 @@ class Fault:
     def empty_series(cls) -> Fault:
         """Answer with a ZIP holding only LICENSE."""
         return cls(FaultKind.EMPTY_SERIES)
+
+    @classmethod
+    def wrong_series(cls, other: str) -> Fault:
+        """Answer with the ZIP of series ``other`` (a mix-up on the server's side)."""
+        return cls(FaultKind.WRONG_SERIES, other=other)
 
     def to_dict(self) -> dict[str, Any]:
         """The fault as plain data (defaults left out)."""

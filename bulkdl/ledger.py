@@ -1,0 +1,686 @@
+"""The run's memory: which series are pending, placing, done, incomplete or failed, and every file.
+
+A ledger is one SQLite file, ``DIR/.bulkdl/ledger.sqlite`` (or ``ledger-<shard>.sqlite`` for one
+Slurm array task), holding the runs, each series with its state, attempts, expected and actual
+counts and whole record (as JSON), one row per placed file (path, series and SOP UID, size, MD5;
+SHA-256 reserved for lock files), and the collections' licences. SQLite (stdlib ``sqlite3``)
+gives atomic, crash-safe transactions without a server, a file users can query, and shard
+ledgers that merge by key: every row is keyed by UIDs or paths, never by a counter, and ``meta``
+carries the ``schema_version``. Durability: WAL journal, ``synchronous=NORMAL`` (a power cut may
+lose the last transactions, never corrupt the file), a busy timeout, and one transaction per
+state change. A file that is not a ledger, is corrupt or is newer than this code raises
+:class:`AbortError` naming it, and is never overwritten or repaired. Does file I/O and blocks:
+call it from a worker thread; one lock serializes the shared connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, date, datetime
+from operator import attrgetter
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, get_args, get_type_hints
+
+from bulkdl import __version__
+from bulkdl.errors import AbortError
+from bulkdl.records import PlacedFile, Series
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+STATE_DIR = ".bulkdl"
+LEDGER_NAME = "ledger.sqlite"
+BUSY_TIMEOUT_S = 30.0
+_MAGIC = b"SQLite format 3\x00"
+_CHUNK = 500  # UIDs per IN (...) query, well under SQLite's variable limit
+
+State = Literal["pending", "placing", "done", "incomplete", "failed"]
+STATES: tuple[State, ...] = get_args(State)
+# When shards disagree, the furthest state wins: done anywhere is done.
+_RANK: dict[str, int] = {"pending": 0, "placing": 1, "failed": 2, "incomplete": 3, "done": 4}
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT,
+        settings_json TEXT NOT NULL, exit_code INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS series (
+        uid TEXT PRIMARY KEY,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'placing', 'done', 'incomplete', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+        expected_images INTEGER, expected_bytes INTEGER,
+        actual_images INTEGER, actual_bytes INTEGER,
+        collection TEXT, patient_id TEXT, study_uid TEXT, record_json TEXT NOT NULL,
+        sop_class_uid TEXT, first_seen_run TEXT, updated_at TEXT NOT NULL, completed_at TEXT,
+        license_collection TEXT)""",
+    """CREATE TABLE IF NOT EXISTS files (
+        path TEXT PRIMARY KEY, series_uid TEXT NOT NULL REFERENCES series (uid),
+        sop_uid TEXT NOT NULL, size INTEGER NOT NULL, md5 TEXT NOT NULL, sha256 TEXT)""",
+    "CREATE INDEX IF NOT EXISTS files_series ON files (series_uid)",
+    "CREATE TABLE IF NOT EXISTS licenses (collection TEXT PRIMARY KEY, text TEXT NOT NULL)",
+)
+_UPSERT = """
+    INSERT INTO series (uid, expected_images, expected_bytes, collection, patient_id, study_uid,
+                        record_json, first_seen_run, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (uid) DO UPDATE SET
+        expected_images = excluded.expected_images, expected_bytes = excluded.expected_bytes,
+        collection = excluded.collection, patient_id = excluded.patient_id,
+        study_uid = excluded.study_uid, record_json = excluded.record_json,
+        updated_at = excluded.updated_at"""
+# A path already recorded for the same instance (another series listing it) is taken over, as
+# the placer reuses it; a path recorded for another instance is left alone and counted short.
+_INSERT_FILE = """
+    INSERT INTO files (path, series_uid, sop_uid, size, md5) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (path) DO UPDATE SET series_uid = excluded.series_uid, size = excluded.size,
+        md5 = excluded.md5, sha256 = NULL
+    WHERE files.sop_uid = excluded.sop_uid"""
+_STATE_COLUMNS = (
+    "uid, state, attempts, last_error, expected_images, expected_bytes,"
+    " actual_images, actual_bytes, sop_class_uid, completed_at, record_json"
+)
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "api_key", "apikey")
+
+_FIELDS = tuple(f.name for f in fields(Series))
+_GET_FIELDS = attrgetter(*_FIELDS)
+# Built once: json.dumps with non-default options builds an encoder per call (2x slower).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=date.isoformat)
+_DATE_FIELDS = frozenset(
+    name for name, hint in get_type_hints(Series).items() if date in get_args(hint)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesState:
+    """What the ledger knows of one series; ``record`` is the Series as last resolved."""
+
+    uid: str
+    state: State
+    attempts: int
+    last_error: str | None
+    expected_images: int | None
+    expected_bytes: int | None
+    actual_images: int | None
+    actual_bytes: int | None
+    sop_class_uid: str | None = None
+    completed_at: str | None = None
+    record_json: str | None = field(default=None, repr=False)
+    _decoded: Series | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def record(self) -> Series | None:
+        """The Series decoded from ``record_json`` on first use (decoding 200,000 records
+        up front would cost seconds that a plan, which reads only states, never needs)."""
+        if self._decoded is None and self.record_json:
+            object.__setattr__(self, "_decoded", decode_record(self.record_json))
+        return self._decoded
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as the ledger recorded it; ``finished_at``/``exit_code`` are None while it runs."""
+
+    run_id: str
+    started_at: str
+    finished_at: str | None
+    settings: dict[str, Any]
+    exit_code: int | None
+
+
+def encode_record(series: Series) -> str:
+    """The Series as compact JSON: dates ISO, None fields left out, ``extra`` as pairs."""
+    values = zip(_FIELDS, _GET_FIELDS(series), strict=True)
+    return _ENCODER.encode({k: v for k, v in values if v is not None and v != ()})
+
+
+def decode_record(text: str) -> Series:
+    """Inverse of :func:`encode_record`; keys this version has no field for go to ``extra``."""
+    data: dict[str, Any] = json.loads(text)
+    kwargs: dict[str, Any] = {}
+    extra = [(str(key), str(value)) for key, value in data.pop("extra", ())]
+    for name, value in data.items():
+        if name in _DATE_FIELDS and isinstance(value, str):
+            kwargs[name] = date.fromisoformat(value)
+        elif name in _FIELDS:
+            kwargs[name] = value
+        else:
+            extra.append((name, str(value)))
+    return Series(**kwargs, extra=tuple(extra))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _redact(settings: Mapping[str, object]) -> dict[str, object]:
+    """Callers pass settings without secrets; this is the belt to their braces."""
+    out: dict[str, object] = {}
+    for key, value in settings.items():
+        if any(word in str(key).lower() for word in _SECRET_WORDS) and value is not None:
+            out[str(key)] = "<redacted>"
+        elif isinstance(value, Mapping):
+            out[str(key)] = _redact(value)
+        else:
+            out[str(key)] = value
+    return out
+
+
+def _state_of(row: Sequence[Any]) -> SeriesState:
+    return SeriesState(*row)
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _fail(path: Path, problem: str) -> AbortError:
+    return AbortError(
+        f"ledger {path}: {problem}; bulkdl leaves it untouched: fix or move it aside "
+        "(a fresh ledger fetches every series again)"
+    )
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    uri = f"{path.absolute().as_uri()}?mode={'ro' if readonly else 'rw'}"
+    return sqlite3.connect(
+        uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+
+
+def _validate(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection to the checked ledger at ``path``, or None if it is still empty.
+
+    Raises AbortError if the file cannot be read, is not SQLite, is corrupt, is some other
+    database, or has a newer schema. Reads only: nothing is written to the file.
+    """
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(len(_MAGIC))
+    except OSError as exc:
+        raise AbortError(f"ledger {path}: cannot read it ({exc.strerror or exc})") from exc
+    if not head:
+        return None
+    if head != _MAGIC:
+        raise _fail(path, "not a SQLite database")
+    try:
+        conn = _connect(path, readonly=True)
+    except sqlite3.Error as exc:
+        raise _fail(path, f"cannot open it ({exc})") from exc
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise _fail(path, "corrupt (quick_check: " + "; ".join(map(str, problems)) + ")")
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if not tables:
+            conn.close()
+            return None
+        if "meta" not in tables:
+            raise _fail(path, "a SQLite database, but not a bulkdl ledger (no meta table)")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row is not None and str(row[0]).isdigit() else None
+        if version is None:
+            raise _fail(path, "no valid schema_version in its meta table")
+        if version > SCHEMA_VERSION:
+            raise _fail(
+                path,
+                f"written by a newer bulkdl (schema {version}; this bulkdl {__version__} "
+                f"reads up to {SCHEMA_VERSION}); upgrade bulkdl",
+            )
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _fail(path, f"unreadable ({exc})") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Ledger:
+    """One ledger file. Open with :meth:`open` (or :func:`open_all` for read-only shards).
+
+    Methods that name a series raise KeyError if it is unknown, ValueError for a state change
+    the series' state forbids (or on a closed or read-only ledger), and AbortError when SQLite
+    fails (disk full, I/O error, corruption found mid-run).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.RLock()
+        self._run_id: str | None = None
+
+    # -- opening and closing -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, dir_: Path, name: str = LEDGER_NAME) -> Ledger:
+        """Open (creating if needed) ``dir_/.bulkdl/<name>`` for writing.
+
+        Raises AbortError naming the file when it cannot be created or written, is not a SQLite
+        database, fails ``PRAGMA quick_check``, is another program's database, or has a newer
+        schema_version. Such a file is never written to.
+        """
+        folder = Path(dir_) / STATE_DIR
+        path = folder / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AbortError(
+                f"ledger {path}: cannot create {folder} ({exc.strerror or exc})"
+            ) from exc
+        if path.exists():
+            checked = _validate(path)
+            if checked is not None:
+                checked.close()
+        else:
+            try:
+                # Created here rather than by SQLite (0644) so the user's umask alone decides.
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise AbortError(
+                    f"ledger {path}: cannot create it ({exc.strerror or exc})"
+                ) from exc
+        try:
+            conn = _connect(path, readonly=False)
+        except sqlite3.Error as exc:
+            raise AbortError(f"ledger {path}: cannot open it ({exc})") from exc
+        ledger = cls(conn, path, readonly=False)
+        try:
+            ledger._initialize()
+        except BaseException:
+            conn.close()
+            raise
+        return ledger
+
+    def _initialize(self) -> None:
+        conn = self._live()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise AbortError(f"ledger {self.path}: cannot write it ({exc})") from exc
+        if str(mode).lower() != "wal":
+            log.warning("ledger %s: WAL unavailable here, using journal mode %s", self.path, mode)
+        now = _now()
+        with self._write() as tx:
+            for statement in _SCHEMA:
+                tx.execute(statement)
+            tx.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("created_at", now),
+                    ("bulkdl_version", __version__),
+                ],
+            )
+            # Also proves now, not mid-run, that the file is writable.
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_opened_at', ?)", (now,)
+            )
+
+    def close(self) -> None:
+        """Close the connection (idempotent); the WAL is checkpointed into the file."""
+        with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                try:
+                    conn.close()
+                except sqlite3.Error as exc:
+                    raise AbortError(f"ledger {self.path}: closing failed ({exc})") from exc
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r}, readonly={self.readonly})"
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ValueError(f"ledger {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._live()
+            try:
+                conn.execute(begin)
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise AbortError(f"ledger {self.path}: {exc}") from exc
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        if self.readonly:
+            raise ValueError(f"ledger {self.path} was opened read-only")
+        # IMMEDIATE takes the write lock up front, so the busy timeout applies at BEGIN.
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        # One snapshot across the several queries of a read.
+        return self._transaction("BEGIN")
+
+    @staticmethod
+    def _state(tx: sqlite3.Connection, uid: str) -> str:
+        row = tx.execute("SELECT state FROM series WHERE uid = ?", (uid,)).fetchone()
+        if row is None:
+            raise KeyError(uid)
+        return str(row[0])
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def begin_run(self, settings: Mapping[str, object]) -> str:
+        """Record a run starting with ``settings`` (no secrets; any key naming one is redacted)."""
+        run_id = str(uuid.uuid4())
+        text = json.dumps(_redact(settings), sort_keys=True, default=str, ensure_ascii=False)
+        with self._write() as tx:
+            tx.execute(
+                "INSERT INTO runs (run_id, started_at, settings_json) VALUES (?, ?, ?)",
+                (run_id, _now(), text),
+            )
+        self._run_id = run_id
+        return run_id
+
+    def end_run(self, run_id: str, exit_code: int) -> None:
+        """Record the end of run ``run_id`` (KeyError if unknown) with its exit code."""
+        with self._write() as tx:
+            cursor = tx.execute(
+                "UPDATE runs SET finished_at = ?, exit_code = ? WHERE run_id = ?",
+                (_now(), int(exit_code), run_id),
+            )
+            if cursor.rowcount == 0:
+                raise KeyError(run_id)
+
+    def runs(self) -> list[RunRecord]:
+        """Every run recorded, oldest first."""
+        with self._read() as tx:
+            rows = tx.execute(
+                "SELECT run_id, started_at, finished_at, settings_json, exit_code FROM runs"
+                " ORDER BY started_at, run_id"
+            ).fetchall()
+        return [RunRecord(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+
+    # -- series ----------------------------------------------------------------------------------
+
+    def upsert_resolved(self, series: Sequence[Series]) -> None:
+        """Add new series as pending; refresh the record and expected counts of known ones.
+
+        A known series keeps its state, attempts and actual counts: a done series stays done (the
+        caller compares expected with actual counts to decide on a refetch).
+        """
+        now, run_id = _now(), self._run_id
+        rows = [
+            (
+                s.SeriesInstanceUID,
+                s.ImageCount,
+                s.FileSize,
+                s.Collection,
+                s.PatientID,
+                s.StudyInstanceUID,
+                encode_record(s),
+                run_id,
+                now,
+            )
+            for s in series
+        ]
+        with self._write() as tx:
+            tx.executemany(_UPSERT, rows)
+
+    def states(self, uids: Sequence[str] | None = None) -> dict[str, SeriesState]:
+        """uid -> state of ``uids`` (those the ledger knows), or of every series when None."""
+        query = f"SELECT {_STATE_COLUMNS} FROM series"
+        with self._read() as tx:
+            if uids is None:
+                rows = tx.execute(query).fetchall()
+            else:
+                wanted = list(dict.fromkeys(uids))
+                rows = []
+                for chunk in _chunks(wanted):
+                    marks = ",".join("?" * len(chunk))
+                    rows += tx.execute(f"{query} WHERE uid IN ({marks})", chunk).fetchall()
+        return {row[0]: _state_of(row) for row in rows}
+
+    def record_attempt(self, uid: str, error: str | None) -> None:
+        """Count one more attempt at ``uid``; ``error`` (None after a success) is its outcome."""
+        with self._write() as tx:
+            cursor = tx.execute(
+                "UPDATE series SET attempts = attempts + 1, last_error = ?, updated_at = ?"
+                " WHERE uid = ?",
+                (error, _now(), uid),
+            )
+            if cursor.rowcount == 0:
+                raise KeyError(uid)
+
+    def mark_failed(self, uid: str, reason: str) -> None:
+        """Fail ``uid`` with ``reason``. ValueError while it is placing: abandon it first."""
+        with self._write() as tx:
+            if self._state(tx, uid) == "placing":
+                raise ValueError(f"series {uid} is being placed: abandon_placing it first")
+            tx.execute(
+                "UPDATE series SET state = 'failed', last_error = ?, updated_at = ? WHERE uid = ?",
+                (reason, _now(), uid),
+            )
+
+    def summary(self) -> dict[str, int]:
+        """How many series are in each state (every state listed, zeros included)."""
+        with self._read() as tx:
+            counts = dict(tx.execute("SELECT state, count(*) FROM series GROUP BY state"))
+        return {state: int(counts.get(state, 0)) for state in STATES}
+
+    def failures(self) -> list[SeriesState]:
+        """The failed series, by UID."""
+        with self._read() as tx:
+            rows = tx.execute(
+                f"SELECT {_STATE_COLUMNS} FROM series WHERE state = 'failed' ORDER BY uid"
+            ).fetchall()
+        return [_state_of(row) for row in rows]
+
+    # -- placing ---------------------------------------------------------------------------------
+
+    def begin_placing(self, uid: str, files: Sequence[PlacedFile]) -> None:
+        """Before moving files in: mark ``uid`` placing and record ``files`` as its only files.
+
+        A path recorded for the same SOPInstanceUID under another series passes to ``uid``. A
+        path recorded for another instance raises ValueError, and nothing changes.
+        """
+        rows = [(f.path, uid, f.SOPInstanceUID, f.size, f.md5) for f in files]
+        with self._write() as tx:
+            self._state(tx, uid)
+            tx.execute("DELETE FROM files WHERE series_uid = ?", (uid,))
+            written = tx.executemany(_INSERT_FILE, rows).rowcount
+            if written != len(rows):
+                raise ValueError(f"series {uid}: {self._clashes(tx, uid, files)}")
+            tx.execute(
+                "UPDATE series SET state = 'placing', updated_at = ? WHERE uid = ?", (_now(), uid)
+            )
+
+    @staticmethod
+    def _clashes(tx: sqlite3.Connection, uid: str, files: Sequence[PlacedFile]) -> str:
+        planned: dict[str, str] = {}
+        for f in files:
+            if planned.setdefault(f.path, f.SOPInstanceUID) != f.SOPInstanceUID:
+                return f"two instances planned at {f.path}"
+        for f in files:
+            row = tx.execute(
+                "SELECT series_uid, sop_uid FROM files WHERE path = ?", (f.path,)
+            ).fetchone()
+            if row is not None and row[1] != f.SOPInstanceUID:
+                return f"{f.path} already holds instance {row[1]} of series {row[0]}"
+        return "planned paths clash"  # pragma: no cover - one of the above always applies
+
+    def finish_placing(
+        self,
+        uid: str,
+        *,
+        images: int,
+        bytes_: int,
+        incomplete: bool,
+        sop_class_uid: str | None,
+    ) -> None:
+        """After the moves: ``uid`` is done (or incomplete) with these actual counts."""
+        state = "incomplete" if incomplete else "done"
+        with self._write() as tx:
+            if (current := self._state(tx, uid)) != "placing":
+                raise ValueError(f"series {uid} is {current}, not placing")
+            now = _now()
+            tx.execute(
+                "UPDATE series SET state = ?, actual_images = ?, actual_bytes = ?,"
+                " sop_class_uid = ?, completed_at = ?, updated_at = ? WHERE uid = ?",
+                (state, images, bytes_, sop_class_uid, now, now, uid),
+            )
+
+    def abandon_placing(self, uid: str) -> list[PlacedFile]:
+        """Take back a placement a crash interrupted: its planned files, now forgotten.
+
+        The series returns to pending; the caller deletes the returned files from the tree. A
+        series that is not placing is left alone and [] returned.
+        """
+        with self._write() as tx:
+            if self._state(tx, uid) != "placing":
+                return []
+            placed = self._files(tx, uid)
+            self._forget_files(tx, uid, "placement abandoned after an interruption")
+        return placed
+
+    def mark_missing(self, uid: str, reason: str) -> None:
+        """Files of ``uid`` left the tree (or are stale): forget them and make it pending again."""
+        with self._write() as tx:
+            if self._state(tx, uid) == "placing":
+                raise ValueError(f"series {uid} is being placed: abandon_placing it instead")
+            self._forget_files(tx, uid, reason)
+
+    @staticmethod
+    def _forget_files(tx: sqlite3.Connection, uid: str, reason: str) -> None:
+        tx.execute("DELETE FROM files WHERE series_uid = ?", (uid,))
+        tx.execute(
+            "UPDATE series SET state = 'pending', last_error = ?, actual_images = NULL,"
+            " actual_bytes = NULL, completed_at = NULL, updated_at = ? WHERE uid = ?",
+            (reason, _now(), uid),
+        )
+
+    # -- files -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _files(tx: sqlite3.Connection, uid: str | None) -> list[PlacedFile]:
+        query = "SELECT path, sop_uid, size, md5 FROM files"
+        if uid is None:
+            rows = tx.execute(f"{query} ORDER BY path")
+        else:
+            rows = tx.execute(f"{query} WHERE series_uid = ? ORDER BY path", (uid,))
+        return [PlacedFile(*row) for row in rows]
+
+    def files(self, uid: str | None = None) -> list[PlacedFile]:
+        """The recorded files of series ``uid`` (or of every series), by path."""
+        with self._read() as tx:
+            return self._files(tx, uid)
+
+    def owner_of(self, path: str) -> tuple[str, str] | None:
+        """(series UID, SOPInstanceUID) recorded at relative POSIX ``path``, or None."""
+        with self._read() as tx:
+            row = tx.execute(
+                "SELECT series_uid, sop_uid FROM files WHERE path = ?", (path,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def files_by_series(self) -> dict[str, list[PlacedFile]]:
+        """series UID -> its recorded files (by path), in one query."""
+        out: dict[str, list[PlacedFile]] = {}
+        with self._read() as tx:
+            rows = tx.execute(
+                "SELECT series_uid, path, sop_uid, size, md5 FROM files ORDER BY series_uid, path"
+            )
+            for series_uid, *rest in rows:
+                out.setdefault(series_uid, []).append(PlacedFile(*rest))
+        return out
+
+    # -- licences --------------------------------------------------------------------------------
+
+    def set_license(self, collection: str, text: str, *, series_uids: Sequence[str] = ()) -> None:
+        """Store ``collection``'s licence text; ``series_uids`` are marked as covered by it."""
+        with self._write() as tx:
+            tx.execute(
+                "INSERT INTO licenses (collection, text) VALUES (?, ?)"
+                " ON CONFLICT (collection) DO UPDATE SET text = excluded.text",
+                (collection, text),
+            )
+            tx.executemany(
+                "UPDATE series SET license_collection = ? WHERE uid = ?",
+                [(collection, uid) for uid in series_uids],
+            )
+
+    def licenses(self) -> dict[str, str]:
+        """collection -> licence text."""
+        with self._read() as tx:
+            return dict(tx.execute("SELECT collection, text FROM licenses ORDER BY collection"))
+
+
+def open_all(dir_: Path) -> list[Ledger]:
+    """Every ``ledger*.sqlite`` under ``dir_/.bulkdl/``, checked and opened read-only, by name.
+
+    [] when there is none. Raises AbortError as :meth:`Ledger.open` does (after closing the
+    ledgers already opened).
+    """
+    folder = Path(dir_) / STATE_DIR
+    opened: list[Ledger] = []
+    try:
+        for path in sorted(folder.glob("ledger*.sqlite")):
+            conn = _validate(path)
+            if conn is None:
+                continue  # an empty file: a run that died before writing anything
+            conn.execute("PRAGMA query_only = ON")
+            opened.append(Ledger(conn, path, readonly=True))
+    except BaseException:
+        for ledger in opened:
+            ledger.close()
+        raise
+    return opened
+
+
+def merged_states(ledgers: Iterable[Ledger]) -> dict[str, SeriesState]:
+    """uid -> state across shard ledgers: the furthest state wins (done in any shard is done),
+    with its counts and record, and the attempts of every shard added up."""
+    merged: dict[str, SeriesState] = {}
+    for ledger in ledgers:
+        for uid, state in ledger.states().items():
+            seen = merged.get(uid)
+            if seen is None:
+                merged[uid] = state
+                continue
+            best = state if _RANK[state.state] > _RANK[seen.state] else seen
+            merged[uid] = replace(
+                best,
+                attempts=seen.attempts + state.attempts,
+                record_json=best.record_json or seen.record_json or state.record_json,
+            )
+    return merged

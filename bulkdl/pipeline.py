@@ -1,0 +1,508 @@
+"""The download pipeline: the one module that wires every stage together.
+
+resolve (the source's metadata, batched) -> plan (the ledger says what is done; files deleted
+from the tree, revised series and crashed placements send a series back to work) -> fetch (a
+bounded pool of workers; each attempt in a fresh staging folder under ``DIR/.bulkdl/``) ->
+verify -> place (``os.replace`` into the tree, the ledger told before and after) -> sidecars
+(``metadata.csv``, ``failures.csv``, licences). A series that fails is a value recorded in the
+ledger, retried with backoff until its attempts run out; only run-fatal conditions (disk full,
+unwritable output, a bad ledger, another run holding the folder) stop the run. SIGINT and SIGTERM
+stop it cleanly: a placement in progress finishes, staging is cleared, nothing half-written is
+left in the tree. Does network and disk I/O.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Final, Literal, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from bulkdl import dicom, sidecar
+from bulkdl.config import Settings
+from bulkdl.errors import (
+    AbortError,
+    ExitCode,
+    RejectedError,
+    SeriesError,
+    SourceError,
+    TransientError,
+    VerificationError,
+)
+from bulkdl.layout import Layout, resolve_layout
+from bulkdl.ledger import Ledger, SeriesState
+from bulkdl.place import Placer
+from bulkdl.progress import (
+    BytesReceived,
+    Reporter,
+    RunFinished,
+    RunPlanned,
+    SeriesFinished,
+    SeriesRetrying,
+    SeriesStarted,
+)
+from bulkdl.records import Series, StagedFile
+from bulkdl.retry import RetryPolicy
+from bulkdl.sources import Source
+from bulkdl.sources.nbia import SeriesQuery
+from bulkdl.verify import Verdict, verify_series
+
+log = logging.getLogger(__name__)
+
+STATE_DIR: Final = ".bulkdl"
+Outcome = Literal["done", "incomplete", "failed", "skipped"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesOutcome:
+    """How one series ended in this run."""
+
+    uid: str
+    outcome: Outcome
+    images: int = 0
+    bytes: int = 0
+    reason: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a run did, series by series; ``exit_code`` is 0 when nothing failed, else 1."""
+
+    outcomes: tuple[SeriesOutcome, ...]
+    seconds: float
+    out: Path
+    planned: tuple[Series, ...] = ()
+    interrupted: bool = False
+
+    def count(self, outcome: Outcome) -> int:
+        """How many series ended with ``outcome``."""
+        return sum(1 for o in self.outcomes if o.outcome == outcome)
+
+    @property
+    def failures(self) -> tuple[SeriesOutcome, ...]:
+        """The series that failed, with their reasons."""
+        return tuple(o for o in self.outcomes if o.outcome == "failed")
+
+    @property
+    def finished(self) -> RunFinished:
+        """The run's totals as the progress event that ends it."""
+        return RunFinished(
+            done=self.count("done"),
+            incomplete=self.count("incomplete"),
+            failed=self.count("failed"),
+            skipped=self.count("skipped"),
+            images=sum(o.images for o in self.outcomes),
+            bytes=sum(o.bytes for o in self.outcomes),
+            seconds=self.seconds,
+            failures=tuple((o.uid, o.reason or "") for o in self.failures),
+        )
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """0 all placed (or skipped as already done), 1 some failed, 130 interrupted."""
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        return ExitCode.SOME_FAILED if self.failures else ExitCode.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What to download: manifest UIDs (in order), or a query the source answers."""
+
+    uids: tuple[str, ...] = ()
+    query: SeriesQuery | None = None
+
+
+@dataclass(slots=True)
+class _Run:
+    """The mutable state of one run, shared by its workers."""
+
+    settings: Settings
+    out: Path
+    source: Source
+    ledger: Ledger
+    layout: Layout
+    placer: Placer
+    reporter: Reporter
+    staging: Path
+    inspect: Callable[[Path], dict[str, str] | None]
+    ledger_lock: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    outcomes: dict[str, SeriesOutcome] = field(default_factory=dict)
+    licensed: set[str] = field(default_factory=set)
+
+    async def db(self, call: Callable[[], T]) -> T:
+        """Run a ledger call in its worker thread (SQLite is not for the event loop)."""
+        return await anyio.to_thread.run_sync(call, limiter=self.ledger_lock)
+
+
+def _disk_error(exc: OSError, out: Path) -> AbortError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk is full"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "permission denied"
+    else:
+        why = exc.strerror or str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    return AbortError(f"cannot write under {out}: {why}{where}")
+
+
+@contextmanager
+def _exclusive(state_dir: Path) -> Iterator[None]:
+    """Hold ``.bulkdl/lock`` so two runs never write one tree at once."""
+    path = state_dir / "lock"
+    handle = path.open("a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AbortError(f"another bulkdl run is using {state_dir.parent}") from None
+        yield
+    finally:
+        handle.close()
+
+
+def prepare_output(out: Path) -> Path:
+    """Create ``out/.bulkdl`` and prove it writable; returns the state folder.
+
+    Raises AbortError (exit 3) when ``out`` cannot be created or written.
+    """
+    state = out / STATE_DIR
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        probe = state / f"probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise _disk_error(exc, out) from exc
+    return state
+
+
+def _missing_files(ledger: Ledger, out: Path, done: Sequence[str]) -> dict[str, int]:
+    """Done series with files no longer in the tree: uid -> how many are missing.
+
+    One directory listing per folder instead of a stat per file keeps 10^7 files affordable.
+    """
+    wanted = set(done)
+    listing: dict[Path, set[str]] = {}
+    missing: dict[str, int] = {}
+    for uid, files in ledger.files_by_series().items():
+        if uid not in wanted:
+            continue
+        for placed in files:
+            path = out / placed.path
+            names = listing.get(path.parent)
+            if names is None:
+                try:
+                    names = {entry.name for entry in os.scandir(path.parent)}
+                except OSError:
+                    names = set()
+                listing[path.parent] = names
+            if path.name not in names:
+                missing[uid] = missing.get(uid, 0) + 1
+    return missing
+
+
+async def _plan(run: _Run, found: Sequence[Series]) -> tuple[list[Series], list[Series]]:
+    """(to fetch, already done) after reconciling the ledger with the tree and the server."""
+    uids = [s.SeriesInstanceUID for s in found]
+    before = await run.db(lambda: run.ledger.states(uids))
+    for series in found:
+        state = before.get(series.SeriesInstanceUID)
+        if state is None:
+            continue
+        if state.state == "placing":
+            # A run died while moving this series in: take back what it had placed.
+            abandoned = await run.db(partial(run.ledger.abandon_placing, state.uid))
+            await anyio.to_thread.run_sync(run.placer.remove, abandoned)
+        elif state.state in ("done", "incomplete") and _revised(state, series):
+            log.warning(
+                "series %s changed on the server (ImageCount %s -> %s, FileSize %s -> %s): "
+                "fetching it again",
+                state.uid, state.expected_images, series.ImageCount,
+                state.expected_bytes, series.FileSize,
+            )  # fmt: skip
+            stale = await run.db(partial(run.ledger.files, state.uid))
+            await anyio.to_thread.run_sync(run.placer.remove, stale)
+            await run.db(partial(run.ledger.mark_missing, state.uid, "revised on the server"))
+    await run.db(partial(run.ledger.upsert_resolved, found))
+    states = await run.db(lambda: run.ledger.states(uids))
+    finished = [
+        uid
+        for uid, st in states.items()
+        if st.state == "done" or (st.state == "incomplete" and run.settings.accept_incomplete)
+    ]
+    gone = await run.db(lambda: _missing_files(run.ledger, run.out, finished))
+    for uid, count in gone.items():
+        log.warning("%d file(s) of series %s are gone from the tree: fetching it again", count, uid)
+        await run.db(partial(run.ledger.mark_missing, uid, f"{count} file(s) deleted from tree"))
+    done_now = set(finished) - set(gone)
+    to_fetch = [s for s in found if s.SeriesInstanceUID not in done_now]
+    done = [s for s in found if s.SeriesInstanceUID in done_now]
+    return to_fetch, done
+
+
+def _revised(state: SeriesState, series: Series) -> bool:
+    def changed(old: int | None, new: int | None) -> bool:
+        return old is not None and new is not None and old != new
+
+    return changed(state.expected_images, series.ImageCount) or changed(
+        state.expected_bytes, series.FileSize
+    )
+
+
+async def _fetch_once(run: _Run, series: Series, attempt: int) -> SeriesOutcome:
+    """One attempt: fetch into fresh staging, verify, place. Raises on a failed attempt."""
+    uid = series.SeriesInstanceUID
+    workdir = run.staging / f"{uid}.{attempt}"
+    await anyio.to_thread.run_sync(_fresh_dir, workdir)
+    try:
+        fetched = await run.source.fetch(
+            series,
+            workdir,
+            inspect=run.inspect,
+            on_bytes=lambda n: run.reporter.emit(BytesReceived(uid, n)),
+        )
+        verdict = verify_series(series, fetched)
+        last = attempt > run.settings.retries
+        if not verdict.ok and not (verdict.shortfall and last and run.settings.accept_incomplete):
+            raise _verification_failure(verdict, uid)
+        if fetched.license_text and series.Collection and series.Collection not in run.licensed:
+            run.licensed.add(series.Collection)
+            await run.db(partial(run.ledger.set_license, series.Collection, fetched.license_text))
+        # A placement, once begun, finishes: the ledger and the tree must agree.
+        with anyio.CancelScope(shield=True):
+            outcome = await _place(run, series, fetched.files, verdict)
+        return outcome
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(partial(shutil.rmtree, workdir, ignore_errors=True))
+
+
+def _verification_failure(verdict: Verdict, uid: str) -> VerificationError:
+    return VerificationError("; ".join(verdict.problems), series_uid=uid)
+
+
+async def _place(
+    run: _Run, series: Series, files: Sequence[StagedFile], verdict: Verdict
+) -> SeriesOutcome:
+    uid = series.SeriesInstanceUID
+    dicom_files = [f for f in files if f.header is not None]
+    moves = await anyio.to_thread.run_sync(run.placer.plan, series, dicom_files)
+    try:
+        await run.db(partial(run.ledger.begin_placing, uid, [m.placed for m in moves]))
+        await anyio.to_thread.run_sync(run.placer.commit, moves)
+    finally:
+        run.placer.release(moves)
+    sop_class = next((f.header.get("SOPClassUID") for f in dicom_files if f.header), None)
+    incomplete = not verdict.ok
+    await run.db(
+        partial(
+            run.ledger.finish_placing,
+            uid,
+            images=verdict.images,
+            bytes_=verdict.bytes,
+            incomplete=incomplete,
+            sop_class_uid=sop_class,
+        )
+    )
+    outcome: Outcome = "incomplete" if incomplete else "done"
+    reason = "; ".join(verdict.problems) if incomplete else None
+    return SeriesOutcome(uid, outcome, verdict.images, verdict.bytes, reason)
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+async def _process(run: _Run, series: Series) -> SeriesOutcome:
+    """Every attempt at one series until it is placed or its attempts run out."""
+    uid = series.SeriesInstanceUID
+    attempts = run.settings.retries + 1
+    reason = "not attempted"
+    for attempt in range(1, attempts + 1):
+        run.reporter.emit(SeriesStarted(uid, attempt))
+        try:
+            outcome = await _fetch_once(run, series, attempt)
+        except (TransientError, SeriesError) as exc:
+            reason = str(exc)
+            await run.db(partial(run.ledger.record_attempt, uid, reason))
+            if attempt == attempts:
+                break
+            retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+            delay = max(run.policy.backoff(attempt, random.random), retry_after or 0.0)
+            run.reporter.emit(SeriesRetrying(uid, attempt, reason, delay))
+            log.info(
+                "series %s attempt %d failed (%s); retrying in %.1fs", uid, attempt, reason, delay
+            )
+            await anyio.sleep(delay)
+            continue
+        except (RejectedError, SourceError) as exc:
+            reason = str(exc)
+            await run.db(partial(run.ledger.record_attempt, uid, reason))
+            break
+        except OSError as exc:
+            raise _disk_error(exc, run.out) from exc
+        await run.db(partial(run.ledger.record_attempt, uid, None))
+        return SeriesOutcome(
+            uid, outcome.outcome, outcome.images, outcome.bytes, outcome.reason, attempt
+        )
+    await run.db(partial(run.ledger.mark_failed, uid, reason))
+    return SeriesOutcome(uid, "failed", reason=reason, attempts=attempt)
+
+
+def _finish(run: _Run, outcome: SeriesOutcome) -> None:
+    run.outcomes[outcome.uid] = outcome
+    run.reporter.emit(
+        SeriesFinished(outcome.uid, outcome.outcome, outcome.images, outcome.bytes, outcome.reason)
+    )
+
+
+async def _workers(run: _Run, todo: Sequence[Series]) -> None:
+    send, receive = anyio.create_memory_object_stream[Series](run.settings.concurrency)
+
+    async def produce() -> None:
+        async with send:
+            for series in todo:
+                await send.send(series)
+
+    async def work(mine: MemoryObjectReceiveStream[Series]) -> None:
+        async with mine:
+            async for series in mine:
+                _finish(run, await _process(run, series))
+
+    async with anyio.create_task_group() as tg, receive:
+        tg.start_soon(produce)
+        for _ in range(run.settings.concurrency):
+            tg.start_soon(work, receive.clone())
+
+
+async def _watch_signals(tg: TaskGroup, interrupted: list[bool]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("received %s: stopping cleanly", signal.Signals(signum).name)
+            interrupted.append(True)
+            tg.cancel_scope.cancel()
+            return
+
+
+async def download(
+    settings: Settings,
+    selection: Selection,
+    source: Source,
+    reporter: Reporter,
+    *,
+    handle_signals: bool = False,
+) -> RunResult:
+    """Run one download into ``settings.out``; the source must be open for the whole run.
+
+    Raises AbortError for run-fatal conditions and InputError for bad input; every per-series
+    problem ends up in the result instead.
+    """
+    assert settings.out is not None
+    started = time.monotonic()
+    out = settings.out
+    state_dir = await anyio.to_thread.run_sync(prepare_output, out)
+    with _exclusive(state_dir):
+        ledger = await anyio.to_thread.run_sync(Ledger.open, out)
+        try:
+            return await _download(
+                settings, selection, source, reporter, ledger, started, handle_signals
+            )
+        finally:
+            ledger.close()
+
+
+async def _download(
+    settings: Settings,
+    selection: Selection,
+    source: Source,
+    reporter: Reporter,
+    ledger: Ledger,
+    started: float,
+    handle_signals: bool,
+) -> RunResult:
+    assert settings.out is not None
+    out = settings.out
+    layout = resolve_layout(settings.layout)
+    keywords = layout.keywords | frozenset(dicom.HEADER_KEYWORDS_ALWAYS)
+    run = _Run(
+        settings=settings,
+        out=out,
+        source=source,
+        ledger=ledger,
+        layout=layout,
+        placer=Placer(out, layout, ledger.owner_of, fsync=settings.fsync),
+        reporter=reporter,
+        staging=out / STATE_DIR / "staging",
+        inspect=partial(dicom.read_header, keywords=keywords),
+    )
+    await anyio.to_thread.run_sync(partial(shutil.rmtree, run.staging, ignore_errors=True))
+    run_id = await run.db(partial(ledger.begin_run, settings.public()))
+
+    missing: list[str] = []
+    if selection.query is not None:
+        found = await source.search(selection.query)
+    else:
+        found, missing = await source.resolve(list(selection.uids))
+    for uid in missing:
+        reason = f"series {uid} is unknown to the server (or not accessible)"
+        await run.db(partial(ledger.upsert_resolved, [Series(uid)]))
+        await run.db(partial(ledger.mark_failed, uid, reason))
+        run.outcomes[uid] = SeriesOutcome(uid, "failed", reason=reason)
+
+    to_fetch, done = await _plan(run, found)
+    for series in done:
+        run.outcomes[series.SeriesInstanceUID] = SeriesOutcome(series.SeriesInstanceUID, "skipped")
+    reporter.emit(
+        RunPlanned(
+            total=len(found) + len(missing),
+            to_fetch=len(to_fetch),
+            skipped=len(done),
+            images=sum(s.ImageCount or 0 for s in to_fetch),
+            bytes=sum(s.FileSize or 0 for s in to_fetch),
+        )
+    )
+    for uid in missing:
+        _finish(run, run.outcomes[uid])
+
+    interrupted: list[bool] = []
+    if not settings.dry_run and to_fetch:
+        try:
+            async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    tg.start_soon(_watch_signals, tg, interrupted)
+                await _workers(run, to_fetch)
+                tg.cancel_scope.cancel()
+        except OSError as exc:
+            raise _disk_error(exc, out) from exc
+
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(partial(shutil.rmtree, run.staging, ignore_errors=True))
+        order = [*selection.uids] or [s.SeriesInstanceUID for s in found]
+        outcomes = tuple(run.outcomes[uid] for uid in dict.fromkeys(order) if uid in run.outcomes)
+        result = RunResult(
+            outcomes, time.monotonic() - started, out, tuple(to_fetch), bool(interrupted)
+        )
+        if not settings.dry_run:
+            await run.db(lambda: sidecar.write_all(ledger, out))
+        await run.db(partial(ledger.end_run, run_id, int(result.exit_code)))
+    reporter.emit(result.finished)
+    return result

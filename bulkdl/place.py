@@ -1,0 +1,166 @@
+"""Placing a verified series into the output tree: where each file goes, and the move itself.
+
+:meth:`Placer.plan` renders each staged file's path from the layout template (header values
+first, then the series record's, e.g. ``Collection``) and resolves collisions: two different
+instances never share a path (the later one, in SOPInstanceUID order, gets a deterministic
+``~hash`` suffix); a path already owned by another instance in the ledger, claimed by a series
+in flight, or holding a foreign file with other bytes is never overwritten. A file that already
+holds exactly the same bytes (a tree whose ledger was lost) is replaced in place, so re-runs
+converge on one tree. :meth:`Placer.commit` moves staged files in with ``os.replace`` (staging
+lives under ``DIR/.bulkdl/`` on the same filesystem). Blocking file I/O: call from a worker
+thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import date
+from pathlib import Path, PurePosixPath
+
+from bulkdl.layout import Layout, dedupe_name
+from bulkdl.records import PlacedFile, Series, StagedFile
+
+OwnerOf = Callable[[str], tuple[str, str] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One staged file and the tree path it goes to."""
+
+    source: Path
+    placed: PlacedFile
+
+
+def record_values(series: Series) -> dict[str, str]:
+    """The series record as layout values: DICOM-style strings (dates as YYYYMMDD)."""
+    values: dict[str, str] = {}
+    for field in fields(series):
+        value = getattr(series, field.name)
+        if value is None or field.name == "extra":
+            continue
+        values[field.name] = value.strftime("%Y%m%d") if isinstance(value, date) else str(value)
+    return values
+
+
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Placer:
+    """Plans and performs the moves of verified series into ``root``; safe across threads."""
+
+    def __init__(self, root: Path, layout: Layout, owner_of: OwnerOf, *, fsync: bool = False):
+        self.root = root
+        self.layout = layout
+        self._owner_of = owner_of
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._claimed: dict[str, str] = {}  # path -> SOPInstanceUID, series in flight
+
+    def _taken(self, path: str, sop: str, size: int, md5: str, mine: Mapping[str, str]) -> bool:
+        if path in mine:
+            return mine[path] != sop
+        claimed = self._claimed.get(path)
+        if claimed is not None:
+            return claimed != sop
+        owner = self._owner_of(path)
+        if owner is not None:
+            return owner[1] != sop
+        target = self.root / path
+        if not target.exists() and not target.is_symlink():
+            return False
+        # A foreign file: keep it unless it holds exactly these bytes.
+        if target.is_symlink() or not target.is_file() or target.stat().st_size != size:
+            return True
+        return _md5_of(target) != md5
+
+    def plan(self, series: Series, files: Sequence[StagedFile]) -> list[Move]:
+        """Choose each file's path and claim it until :meth:`commit` or :meth:`release`.
+
+        Files without a header or SOPInstanceUID must have been rejected by verification.
+        """
+        base = record_values(series)
+        ordered = sorted(files, key=lambda f: (f.header or {}).get("SOPInstanceUID", f.name))
+        mine: dict[str, str] = {}
+        moves: list[Move] = []
+        with self._lock:
+            for staged in ordered:
+                header = staged.header or {}
+                sop = header.get("SOPInstanceUID", staged.name)
+                path = self.layout.render({**base, **header})
+                candidate, attempt = path, 0
+                while self._taken(candidate.as_posix(), sop, staged.size, staged.md5, mine):
+                    attempt += 1
+                    key = sop if attempt == 1 else f"{sop}#{attempt}"
+                    candidate = path.parent / dedupe_name(path.name, key)
+                rel = candidate.as_posix()
+                mine[rel] = sop
+                moves.append(Move(staged.path, PlacedFile(rel, sop, staged.size, staged.md5)))
+            self._claimed.update(mine)
+        return moves
+
+    def release(self, moves: Sequence[Move]) -> None:
+        """Drop the claims of ``moves`` (after commit, or when the series is abandoned)."""
+        with self._lock:
+            for move in moves:
+                self._claimed.pop(move.placed.path, None)
+
+    def commit(self, moves: Sequence[Move]) -> None:
+        """Move every staged file into the tree. Raises OSError (disk full, permissions)."""
+        made: set[PurePosixPath] = set()
+        for move in moves:
+            target = self.root / move.placed.path
+            parent = PurePosixPath(move.placed.path).parent
+            if parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(parent)
+            if self._fsync:
+                _fsync_file(move.source)
+            os.replace(move.source, target)
+        if self._fsync:
+            for parent in made:
+                _fsync_dir(self.root / parent)
+        self.release(moves)
+
+    def remove(self, placed: Sequence[PlacedFile]) -> None:
+        """Delete files a crashed run had begun to place, and the folders they leave empty."""
+        parents: set[Path] = set()
+        for item in placed:
+            target = self.root / item.path
+            target.unlink(missing_ok=True)
+            parents.add(target.parent)
+        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            _prune_empty(parent, self.root)
+
+
+def _prune_empty(folder: Path, root: Path) -> None:
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
