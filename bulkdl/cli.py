@@ -295,7 +295,8 @@ async def _download(args: argparse.Namespace) -> int:
     if settings.dry_run:
         _print_plan(result.planned, result.count("skipped"))
     if not settings.json:
-        print(summary_text(result.finished), file=sys.stderr)
+        failures = result.out / "failures.csv"
+        print(summary_text(result.finished, failures_file=str(failures)), file=sys.stderr)
         print(f"tree: {result.out}", file=sys.stderr)
     return result.exit_code
 

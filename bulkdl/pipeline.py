@@ -327,6 +327,13 @@ async def _place(
     return SeriesOutcome(uid, outcome, verdict.images, verdict.bytes, reason)
 
 
+def _clear_leftovers(state_dir: Path) -> None:
+    """Remove what a killed run may have left: its staging area and half-written sidecars."""
+    shutil.rmtree(state_dir / "staging", ignore_errors=True)
+    for stale in state_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def _fresh_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -454,7 +461,7 @@ async def _download(
         staging=out / STATE_DIR / "staging",
         inspect=partial(dicom.read_header, keywords=keywords),
     )
-    await anyio.to_thread.run_sync(partial(shutil.rmtree, run.staging, ignore_errors=True))
+    await anyio.to_thread.run_sync(_clear_leftovers, out / STATE_DIR)
     run_id = await run.db(partial(ledger.begin_run, settings.public()))
 
     missing: list[str] = []

@@ -159,11 +159,16 @@ def test_v2_query_uses_token_never_argv(small_archive: FakeArchive, secret: str)
         assert all(secret not in repr(r) for r in running.log.records)
 
 
-def test_demo_runs_and_writes_manifest(tmp_path: Path) -> None:
-    """`bulkdl demo` serves, queries and writes a manifest that reads back, all inside --out."""
+def test_demo_downloads_then_resumes(tmp_path: Path) -> None:
+    """`bulkdl demo` downloads a verified tree inside --out; a second demo fetches nothing."""
     out = tmp_path / "out"
-    result = run("demo", "--out", str(out), env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = run("demo", "--out", str(out), env=env)
     assert result.returncode == 0, result.stderr
-    assert "reads back identically" in result.stdout
-    assert [p.name for p in out.iterdir()] == ["demo.tcia"]
+    assert sorted(p.name for p in out.iterdir()) == ["demo.tcia", "tree"]
     assert len(read_manifest(str(out / "demo.tcia"))) == 6
+    assert len(list((out / "tree").rglob("*.dcm"))) == 2 * (12 + 20 + 16)
+    assert "6 series: 6 ok" in result.stdout
+    again = run("demo", "--out", str(out), env=env)
+    assert again.returncode == 0, again.stderr
+    assert "6 skipped" in again.stdout

@@ -468,7 +468,7 @@ def test_sigint_stops_cleanly_and_rerun_completes(
 ) -> None:
     """Ctrl-C mid-run exits 130 with nothing half-written in the tree; a re-run completes it."""
     out, m = tmp_path / "out", manifest(tmp_path, all_uids)
-    server = FakeNbiaServer(small_archive, bandwidth=200_000)
+    server = FakeNbiaServer(small_archive, bandwidth=30_000)
     with run_in_thread(server) as running:
         proc = subprocess.Popen(
             bulkdl_cmd(
@@ -499,3 +499,59 @@ def test_sigint_stops_cleanly_and_rerun_completes(
         again = run("download", str(m), "--out", str(out), "--api-url", running.v4_url)
         assert again.returncode == 0, again.stderr
         assert tree(out) == expected
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill_9_then_rerun_gives_clean_tree(
+    small_archive: FakeArchive, tmp_path: Path, all_uids: list[str], seed: int
+) -> None:
+    """kill -9 at a random moment, then a re-run: the tree equals a clean run's, no leftovers."""
+    import random
+
+    out, m = tmp_path / "out", manifest(tmp_path, all_uids)
+    delay = random.Random(seed).uniform(0.6, 3.5)
+    with run_in_thread(FakeNbiaServer(small_archive, bandwidth=30_000)) as running:
+        proc = subprocess.Popen(
+            bulkdl_cmd("download", str(m), "--out", str(out), "--api-url", running.v4_url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.kill()
+        proc.wait(timeout=30)
+        expected = expected_tree(small_archive)
+        assert tree(out).items() <= expected.items()
+        running.bandwidth = None
+        again = run("download", str(m), "--out", str(out), "--api-url", running.v4_url)
+        assert again.returncode == 0, again.stderr
+    assert tree(out) == expected
+    no_leftovers(out)
+    assert not list((out / ".bulkdl").glob(".*.tmp"))
+
+
+def test_sigterm_stops_cleanly(
+    small_archive: FakeArchive, tmp_path: Path, all_uids: list[str]
+) -> None:
+    """SIGTERM mid-run: exit 130, every file in the tree complete, the ledger consistent."""
+    out, m = tmp_path / "out", manifest(tmp_path, all_uids)
+    with run_in_thread(FakeNbiaServer(small_archive, bandwidth=30_000)) as running:
+        proc = subprocess.Popen(
+            bulkdl_cmd("download", str(m), "--out", str(out), "--api-url", running.v4_url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for(lambda: get_images(running) >= 2, 30)
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    placed = tree(out)
+    assert placed.items() <= expected_tree(small_archive).items()
+    status = json.loads(run("status", str(out), "--json").stdout)
+    done = status["counts"]["done"]
+    assert done < len(all_uids)
+    per_series = {uid: sum(1 for p in placed if f"/{uid}/" in p) for uid in all_uids}
+    finished = [uid for uid, n in per_series.items() if n]
+    assert len(finished) == done
+    no_leftovers(out)
