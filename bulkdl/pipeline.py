@@ -36,6 +36,7 @@ from bulkdl import dicom, sidecar
 from bulkdl.config import Settings
 from bulkdl.errors import (
     AbortError,
+    BulkdlError,
     ExitCode,
     RejectedError,
     SeriesError,
@@ -161,6 +162,28 @@ def _disk_error(exc: OSError, out: Path) -> AbortError:
         why = exc.strerror or str(exc)
     where = f" ({exc.filename})" if exc.filename else ""
     return AbortError(f"cannot write under {out}: {why}{where}")
+
+
+def _run_fatal(group: BaseExceptionGroup[BaseException], out: Path) -> BaseException:
+    """The error that stopped the workers, out of anyio's exception group: bulkdl's own first,
+    a disk error as AbortError, anything else (a bug, KeyboardInterrupt) as it was."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, BulkdlError):
+            return leaf
+    for leaf in leaves:
+        if isinstance(leaf, OSError):
+            return _disk_error(leaf, out)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 @contextmanager
@@ -498,8 +521,8 @@ async def _download(
                     tg.start_soon(_watch_signals, tg, interrupted)
                 await _workers(run, to_fetch)
                 tg.cancel_scope.cancel()
-        except OSError as exc:
-            raise _disk_error(exc, out) from exc
+        except BaseExceptionGroup as group:
+            raise _run_fatal(group, out) from group
 
     with anyio.CancelScope(shield=True):
         await anyio.to_thread.run_sync(partial(shutil.rmtree, run.staging, ignore_errors=True))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import bulkdl.api
+import bulkdl
 from bulkdl.manifest import write_tcia
 from bulkdl.testing import FakeArchive, FakeNbiaServer, Fault, run_in_thread
 
@@ -446,7 +446,7 @@ def test_awkward_values_stay_inside_tree(awkward_archive: FakeArchive, tmp_path:
 def test_python_api(nbia_server: FakeNbiaServer, tmp_path: Path, all_uids: list[str]) -> None:
     """bulkdl.download() returns each series' outcome and places the same tree as the CLI."""
     out = tmp_path / "out"
-    result = bulkdl.api.download(
+    result = bulkdl.download(
         manifest(tmp_path, all_uids[:3]), out=out, api_url=nbia_server.v4_url, concurrency=2
     )
     assert result.exit_code == 0
