@@ -3,9 +3,9 @@
 Metadata comes from :class:`NbiaClient` (batched getSeriesMetadata for manifests, getSeries for
 searches). A series' bytes come from getImage with ``IncludeMD5=Yes``: the ZIP body is spooled to
 a file in the series' work folder, in 4 MiB batches written through aiofiles so the event loop
-never blocks on the disk, and then unpacked in one worker thread by :func:`unpack_zip`. Spooling
-rather than inflating on the fly is a measured choice: see ``benchmarks/RESULTS.md``. Network
-and disk I/O.
+never blocks on the disk (one thread hop per 4 MiB, where aiofiles' per-call hop costs nothing
+measurable), and then unpacked in one worker thread by :func:`unpack_zip`. Spooling rather than
+inflating on the fly is a measured choice: see ``benchmarks/RESULTS.md``. Network and disk I/O.
 """
 
 from __future__ import annotations

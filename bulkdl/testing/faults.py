@@ -235,6 +235,11 @@ class FaultPlan:
 
     def update(self, data: Mapping[str, Any]) -> None:
         """Add the plans in ``data`` (the :meth:`to_dict` shape). Raises ValueError if malformed."""
+        unknown = set(data) - {"series"}
+        if unknown:
+            raise ValueError(
+                f"unknown keys {sorted(unknown)}: expected {{'series': {{uid: plan}}}}"
+            )
         series = data.get("series", {})
         if not isinstance(series, Mapping):
             raise ValueError("'series' must map series UIDs to plans")
