@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck unit soak bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,21 @@ typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
 unit: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+# Long soak and scale runs (hundreds of kill -9 seeds, 1,000-series loads): not part of `make test`.
+soak: $(BIN)/.installed
+	BULKDL_SOAK_RUNS=$${BULKDL_SOAK_RUNS:-200} $(BIN)/python -m pytest -m slow
+
+# The other tools the benchmarks compare against live in their own virtualenv.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet tcia_utils nbiatoolkit
+	touch $@
+
+bench: $(BIN)/.installed $(BENCH_VENV)/.installed
+	$(BIN)/python benchmarks/run_all.py --others-python $(BENCH_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-output
+	rm -rf $(VENV) $(BENCH_VENV) .cache .pytest_cache .mypy_cache .ruff_cache demo-output

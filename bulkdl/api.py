@@ -3,11 +3,14 @@
 Both take the same inputs as ``bulkdl download`` (manifest paths, or query filters) and the same
 settings as keyword arguments, build the NBIA source, run the pipeline and return a
 :class:`~bulkdl.pipeline.RunResult` with every series' outcome. No progress display unless a
-reporter is given; errors are bulkdl's own exceptions. Network and disk I/O.
+reporter is given; errors are bulkdl's own exceptions. ``insecure=True`` (or ``insecure = true``
+in the config, or ``BULKDL_INSECURE``) turns TLS certificate checks off and logs a warning on
+every call; ``ca_bundle=`` trusts a private CA instead. Network and disk I/O.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +29,8 @@ from bulkdl.sources.http import HttpSettings
 from bulkdl.sources.nbia import SeriesQuery, api_version, resolve_base_url
 from bulkdl.sources.nbia_client import open_client
 from bulkdl.sources.nbia_source import NbiaSource
+
+log = logging.getLogger(__name__)
 
 
 def selection_of(inputs: Sequence[str], query: SeriesQuery | None) -> Selection:
@@ -55,7 +60,10 @@ async def run_download(
 ) -> RunResult:
     """Download ``selection`` from the NBIA API named by ``settings`` into ``settings.out``.
 
-    Raises InputError, AbortError, AuthError; per-series failures are in the result.
+    TLS follows ``settings.insecure`` and ``settings.ca_bundle``; warning about ``insecure`` is
+    the caller's job (the CLI prints it, :func:`adownload` logs it). Raises InputError,
+    AbortError, AuthError, SourceError (e.g. a certificate that does not verify); per-series
+    failures are in the result.
     """
     if settings.out is None:
         raise InputError("no output folder: give --out DIR")
@@ -66,6 +74,8 @@ async def run_download(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         limit_per_host=settings.limit_per_host,
+        verify=not settings.insecure,
+        ca_bundle=settings.ca_bundle,
     )
     cpu = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
     async with open_client(base_url, settings=http, credentials=credentials) as client:
@@ -90,6 +100,8 @@ async def adownload(
         flags=flags, config_file=Path(config) if config else None, env=os.environ
     )
     selection = selection_of([str(i) for i in inputs], query)
+    if settings.insecure:
+        log.warning("TLS certificate verification is off (insecure): the archive is not verified")
     return await run_download(settings, selection, reporter or NullReporter())
 
 

@@ -3,13 +3,16 @@
 Each sub-command turns its arguments into plain values and calls one function elsewhere
 (``query.run_query``, ``demo.run_demo``, ``testing.serve_forever``); this module only parses,
 dispatches and maps :class:`~bulkdl.errors.BulkdlError` to one clear line on stderr and an exit
-code (see :class:`~bulkdl.errors.ExitCode`). Credentials never come from argv.
+code (see :class:`~bulkdl.errors.ExitCode`). Credentials never come from argv: ``--password``
+and its kin are refused (exit 2) without echoing the value. ``--insecure`` prints a warning on
+every run, whatever the log level.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -25,6 +28,7 @@ from bulkdl.output import OutputFormat, write_records
 from bulkdl.query import Listing, QueryRequest, run_query
 from bulkdl.records import Series
 from bulkdl.sources.auth import load_credentials
+from bulkdl.sources.http import HttpSettings
 from bulkdl.sources.nbia import PRESETS, SeriesQuery, api_version, resolve_base_url
 from bulkdl.sources.nbia_client import open_client
 
@@ -35,7 +39,7 @@ def _date(text: str) -> date:
     for parse in (date.fromisoformat, _mdy):
         try:
             return parse(text)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: a year too large for a C int
             continue
     raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD or MM-DD-YYYY): {text!r}")
 
@@ -54,9 +58,47 @@ def _size(text: str) -> float:
         value = float(number) * units[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4MB, 500k)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive size: {text!r}")
     return value
+
+
+#: Flags a user might try for credentials; each is refused, pointing at the safe channels.
+_CREDENTIAL_FLAGS = ("--password", "--passwd", "--username", "--user", "--token")
+INSECURE_WARNING = (
+    "bulkdl: warning: TLS certificate verification is OFF (--insecure, insecure = true or "
+    "BULKDL_INSECURE): the archive's identity is not checked, so anyone on the network path "
+    "can read and alter what is sent and received, credentials included"
+)
+
+
+class _RefuseCredentials(argparse.Action):
+    """Refuse a credentials flag with a pointer to the environment, never echoing its value
+    (argparse's own 'unrecognized arguments' message would print the password to stderr)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string}: credentials are never read from the command line (argv shows in "
+            "ps and shell history): set BULKDL_USERNAME and BULKDL_PASSWORD, or point "
+            "BULKDL_CREDENTIALS_FILE at a chmod-600 file"
+        )
+
+
+def _refuse_credential_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        *_CREDENTIAL_FLAGS,
+        dest="_credentials",
+        nargs="?",
+        action=_RefuseCredentials,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
 
 
 def _add_api(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +107,20 @@ def _add_api(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help=f"NBIA API base URL or preset ({', '.join(PRESETS)}); env BULKDL_API_URL; "
         "default: TCIA's public v4 API",
+    )
+    parser.add_argument(
+        "--ca-bundle",
+        type=Path,
+        metavar="FILE",
+        help="PEM file of CA certificates to trust instead of the system's, e.g. a site's "
+        "TLS-inspecting proxy (env BULKDL_CA_BUNDLE, or SSL_CERT_FILE); verification stays on",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="do not verify TLS certificates (env BULKDL_INSECURE); a last resort, warned "
+        "about on every run",
     )
 
 
@@ -89,10 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bulkdl {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
     parser.add_argument("-q", "--quiet", action="store_true", default=False, help="errors only")
+    _refuse_credential_flags(parser)
     # The same two flags after the sub-command; SUPPRESS keeps the top level's value otherwise.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    _refuse_credential_flags(common)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     query = commands.add_parser(
@@ -220,6 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The only destinations argparse may fill with a list (nargs="*").
+_LIST_DESTS = frozenset({"inputs"})
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    """Parse ``argv`` (default ``sys.argv[1:]``); exits 2 through argparse on bad input.
+
+    Python 3.11's argparse turns ``--flag=--`` into ``[]`` without calling the flag's type, so a
+    list where one value belongs is refused here instead of crashing later.
+    """
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
+    for name, value in vars(args).items():
+        if isinstance(value, list) and name not in _LIST_DESTS:
+            parser.error(f"argument --{name.replace('_', '-')}: expected one value, got '--'")
+    return args
+
+
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = (
         logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
@@ -242,7 +320,20 @@ def _filters(args: argparse.Namespace) -> SeriesQuery:
     )
 
 
+def _tls_settings(args: argparse.Namespace) -> HttpSettings:
+    """The API URL and TLS flags checked as ``download`` checks them (env included), so a
+    ``user:password@`` URL or a missing CA file is refused the same way."""
+    from bulkdl.config import load_settings
+
+    flags = {"api_url": args.api_url, "insecure": args.insecure, "ca_bundle": args.ca_bundle}
+    settings = load_settings(flags=flags, config_file=None, env=os.environ)
+    if settings.insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
+    return HttpSettings(verify=not settings.insecure, ca_bundle=settings.ca_bundle)
+
+
 async def _query(args: argparse.Namespace) -> int:
+    http = _tls_settings(args)
     base_url = resolve_base_url(args.api_url)
     needs_token = api_version(base_url) in {"v2", "unversioned"}
     credentials = load_credentials(interactive=True) if needs_token else None
@@ -253,7 +344,7 @@ async def _query(args: argparse.Namespace) -> int:
         if args.format
         else (OutputFormat.TABLE if sys.stdout.isatty() else OutputFormat.CSV)
     )
-    async with open_client(base_url, credentials=credentials) as client:
+    async with open_client(base_url, settings=http, credentials=credentials) as client:
         records = await run_query(client, request)
     write_records(records, fmt, sys.stdout)
     return ExitCode.OK
@@ -273,7 +364,15 @@ _SETTING_FLAGS = (
     "json",
     "new_file_names",
     "fsync",
+    "insecure",
+    "ca_bundle",
 )
+
+
+def setting_flags(args: argparse.Namespace) -> dict[str, object | None]:
+    """``bulkdl download``'s parsed flags as :func:`~bulkdl.config.load_settings` takes them
+    (None: not given)."""
+    return {name: getattr(args, name) for name in _SETTING_FLAGS}
 
 
 async def _download(args: argparse.Namespace) -> int:
@@ -281,12 +380,10 @@ async def _download(args: argparse.Namespace) -> int:
     from bulkdl.config import load_settings
     from bulkdl.progress import make_reporter, summary_text
 
-    settings = load_settings(
-        flags={name: getattr(args, name) for name in _SETTING_FLAGS},
-        config_file=args.config,
-        env=os.environ,
-    )
+    settings = load_settings(flags=setting_flags(args), config_file=args.config, env=os.environ)
     selection = selection_of(args.inputs, _filters(args))
+    if settings.insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
     with make_reporter(
         json=settings.json, progress=settings.progress, stream=sys.stdout, err=sys.stderr
     ) as reporter:
@@ -366,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM stops as cleanly as Ctrl-C (a download watches both once its workers start).
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv, parser)
     _configure_logging(args.verbose, args.quiet)
     if args.command is None:
         parser.print_help()

@@ -6,8 +6,12 @@ tested without touching ``os.environ``. Each value is checked where it comes fro
 names its source (``config.toml:3: concurrency must be between 1 and 256, got 0``,
 ``BULKDL_CONCURRENCY: not an integer: 'x'``) and raises :class:`~bulkdl.errors.InputError`.
 Credentials never live here: a config holding ``password``/``token``-like keys is refused, and an
-API URL carrying ``user:password@`` too; :mod:`bulkdl.sources.auth` reads them from its own
-environment variables or file.
+API URL carrying ``user:password@`` too (from every source, without repeating it: a URL is not a
+safe place for a password, it ends up in logs, the ledger and ``ps``); :mod:`bulkdl.sources.auth`
+reads them from its own environment variables or file. TLS: ``insecure`` turns certificate
+verification off (callers warn on every run); ``ca_bundle`` names a PEM file of CAs to trust
+instead of the system's, from ``--ca-bundle``, ``BULKDL_CA_BUNDLE`` or the standard
+``SSL_CERT_FILE`` (lowest of the three).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from bulkdl.errors import InputError
+from bulkdl.sources.nbia import PRESETS
 
 DEFAULT_CONCURRENCY: Final = 4
 #: Connections to one host beyond ``concurrency``: each series in flight holds one connection
@@ -56,6 +61,8 @@ class Settings:
     metadata_batch: int = 1000
     limit_per_host: int = 0
     fsync: bool = False
+    insecure: bool = False
+    ca_bundle: Path | None = None
 
     def __post_init__(self) -> None:
         for name in SETTING_NAMES:
@@ -87,6 +94,10 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "BULKDL_CONNECT_TIMEOUT": "connect_timeout",
     "BULKDL_READ_TIMEOUT": "read_timeout",
     "BULKDL_ACCEPT_INCOMPLETE": "accept_incomplete",
+    "BULKDL_INSECURE": "insecure",
+    # The standard OpenSSL variable first, so that bulkdl's own wins when both are set.
+    "SSL_CERT_FILE": "ca_bundle",
+    "BULKDL_CA_BUNDLE": "ca_bundle",
 }
 
 #: Keys refused anywhere in a config file: credentials have their own, safer, channels.
@@ -119,9 +130,11 @@ _INT_RANGES: Final[Mapping[str, tuple[int, int]]] = {
 }
 _FLOATS: Final = frozenset({"connect_timeout", "read_timeout"})
 _BOOLS: Final = frozenset(
-    {"accept_incomplete", "dry_run", "progress", "json", "new_file_names", "fsync"}
+    {"accept_incomplete", "dry_run", "progress", "json", "new_file_names", "fsync", "insecure"}
 )
-_PATHS: Final = frozenset({"out"})
+_PATHS: Final = frozenset({"out", "ca_bundle"})
+#: API URL schemes accepted (preset names aside).
+_URL_SCHEMES: Final = frozenset({"http", "https"})
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -171,6 +184,9 @@ def _from_toml(path: Path) -> dict[str, object]:
         raise InputError(f"{path}: config file is not UTF-8 text") from exc
     try:
         document = tomllib.loads(text)
+    except RecursionError as exc:
+        # tomllib recurses once per nested array or inline table: '[[[[...' exhausts the stack.
+        raise InputError(f"{path}: invalid TOML: nested too deeply") from exc
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends "(at line 3, column 15)"; the line leads ours, as in a compiler.
         message = str(exc)
@@ -238,10 +254,15 @@ def _coerce(
     elif name in _BOOLS:
         typed = _to_bool(value, source, key, parse)
     elif name in _PATHS:
-        if not isinstance(value, str | Path) or not str(value).strip():
+        if not isinstance(value, str | Path) or not str(value).strip() or "\0" in str(value):
             raise InputError(f"{source}: {key}: not a path: {value!r}")
-        path = Path(value).expanduser()
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError as exc:  # '~nosuchuser/...': no home folder to expand to
+            raise InputError(f"{source}: {key}: cannot expand {str(value)!r}: {exc}") from exc
         typed = base / path if base is not None and not path.is_absolute() else path
+        if name == "ca_bundle" and not typed.is_file():
+            raise InputError(f"{source}: {key}: no such file: {str(typed)!r}")
     else:
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{source}: {key}: not a non-empty string: {value!r}")
@@ -296,11 +317,46 @@ def _check(name: str, value: object, source: str, key: str) -> None:
         if not isinstance(value, bool):
             raise InputError(f"{source}: {key} must be true or false, got {value!r}")
     elif name == "api_url" and value is not None:
-        if not isinstance(value, str) or not value.strip():
-            raise InputError(f"{source}: {key} must be a URL or preset name, got {value!r}")
-        if "@" in urlsplit(value.strip()).netloc:
-            raise InputError(f"{source}: {key} must not carry user:password@; {CREDENTIALS_HINT}")
+        _check_api_url(value, source, key)
     elif name == "layout" and (not isinstance(value, str) or not value.strip()):
         raise InputError(f"{source}: {key} must be a template or preset name, got {value!r}")
-    elif name == "out" and value is not None and not isinstance(value, Path):
+    elif name in _PATHS and value is not None and not isinstance(value, Path):
         raise InputError(f"{source}: {key} must be a path, got {value!r}")
+
+
+def check_api_url(value: str, source: str, key: str = "api-url") -> None:
+    """Refuse an API URL carrying ``user:password@`` (or anything else that is neither a preset
+    nor an http(s) URL), naming ``source`` and never repeating a value that may hold a password.
+
+    Raises :class:`InputError`. The URL's own shape (no query, ...) is checked again when used.
+    """
+    _check_api_url(value, source, key)
+
+
+def _check_api_url(value: object, source: str, key: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{source}: {key} must be a URL or preset name, got {value!r}")
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        netloc = parts.netloc
+    except ValueError:  # "http://[::1": an unbalanced IPv6 bracket
+        netloc, parts = "", None
+    if "@" in netloc or (parts is not None and "@" in parts.path.split("/", 1)[0]):
+        raise InputError(f"{source}: {key} must not carry user:password@; {CREDENTIALS_HINT}")
+    if parts is not None and "://" not in text and text.lower() in PRESETS:
+        return
+    if parts is None or parts.scheme.lower() not in _URL_SCHEMES or not _has_host(parts):
+        presets = ", ".join(PRESETS)
+        shown = text if "@" not in text else "(not shown)"
+        raise InputError(
+            f"{source}: {key} must be an http(s) URL or a preset name ({presets}), got {shown!r}"
+        )
+
+
+def _has_host(parts: SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return bool(parts.hostname)

@@ -42,6 +42,7 @@ LEDGER_NAME = "ledger.sqlite"
 BUSY_TIMEOUT_S = 30.0
 _MAGIC = b"SQLite format 3\x00"
 _CHUNK = 500  # UIDs per IN (...) query, well under SQLite's variable limit
+_FULL_BELOW = 1 << 20  # free bytes under which an I/O error is blamed on a full disk
 
 State = Literal["pending", "placing", "done", "incomplete", "failed"]
 STATES: tuple[State, ...] = get_args(State)
@@ -191,11 +192,41 @@ def _fail(path: Path, problem: str) -> AbortError:
     )
 
 
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    uri = f"{path.absolute().as_uri()}?mode={'ro' if readonly else 'rw'}"
+def _disk_trouble(exc: sqlite3.Error) -> bool:
+    """SQLite's I/O errors ("disk I/O error", "database or disk is full", "unable to open"):
+    the disk's problem, not the ledger's."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_CANTOPEN"))
+
+
+def _disk_fail(path: Path, exc: sqlite3.Error) -> AbortError:
+    """An I/O error says nothing against the ledger: name the disk, never suggest moving it."""
+    try:
+        stats = os.statvfs(path.parent)
+        full = stats.f_bavail * stats.f_frsize < _FULL_BELOW
+    except OSError:
+        full = False
+    why = "the disk is full" if full else str(exc)
+    return AbortError(
+        f"ledger {path}: cannot use it: {why}; the ledger is left as it was: "
+        "free some space (or fix the disk) and run again"
+    )
+
+
+def _connect(path: Path, *, readonly: bool, immutable: bool = False) -> sqlite3.Connection:
+    mode = "ro" if readonly else "rw"
+    uri = f"{path.absolute().as_uri()}?mode={mode}{'&immutable=1' if immutable else ''}"
     return sqlite3.connect(
         uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
     )
+
+
+def _wal_empty(path: Path) -> bool:
+    wal = path.with_name(path.name + "-wal")
+    try:
+        return wal.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
 
 def _validate(path: Path) -> sqlite3.Connection | None:
@@ -213,10 +244,21 @@ def _validate(path: Path) -> sqlite3.Connection | None:
         return None
     if head != _MAGIC:
         raise _fail(path, "not a SQLite database")
+    # With no WAL to replay the main file holds everything: read it as immutable, which makes
+    # SQLite create no -shm and -wal beside it (any reader of a WAL database otherwise does,
+    # and a full or read-only disk refuses them). A WAL left by a crash must be read through.
+    immutable = _wal_empty(path)
     try:
-        conn = _connect(path, readonly=True)
+        return _checked(_connect(path, readonly=True, immutable=immutable), path)
     except sqlite3.Error as exc:
-        raise _fail(path, f"cannot open it ({exc})") from exc
+        if _disk_trouble(exc):
+            raise _disk_fail(path, exc) from exc
+        raise _fail(path, f"unreadable ({exc})") from exc
+
+
+def _checked(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection | None:
+    """``conn`` once its database passed the checks of :func:`_validate` (None, closed, if it
+    has no tables yet). Closes it and raises AbortError or sqlite3.Error otherwise."""
     try:
         problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
@@ -237,9 +279,6 @@ def _validate(path: Path) -> sqlite3.Connection | None:
                 f"written by a newer bulkdl (schema {version}; this bulkdl {__version__} "
                 f"reads up to {SCHEMA_VERSION}); upgrade bulkdl",
             )
-    except sqlite3.Error as exc:
-        conn.close()
-        raise _fail(path, f"unreadable ({exc})") from exc
     except BaseException:
         conn.close()
         raise
@@ -312,6 +351,8 @@ class Ledger:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
+            if _disk_trouble(exc):
+                raise _disk_fail(self.path, exc) from exc
             raise AbortError(f"ledger {self.path}: cannot write it ({exc})") from exc
         if str(mode).lower() != "wal":
             log.warning("ledger %s: WAL unavailable here, using journal mode %s", self.path, mode)
@@ -379,6 +420,8 @@ class Ledger:
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if _disk_trouble(exc):
+                    raise _disk_fail(self.path, exc) from exc
                 raise AbortError(f"ledger {self.path}: {exc}") from exc
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:

@@ -156,7 +156,9 @@ class _Run:
 def _disk_error(exc: OSError, out: Path) -> AbortError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         why = "the disk is full"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    elif exc.errno == errno.EROFS:
+        why = "the file system is read-only"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
         why = "permission denied"
     else:
         why = exc.strerror or str(exc)

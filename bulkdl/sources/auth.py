@@ -263,13 +263,14 @@ class TokenAuth:
     async def _post(self, form: dict[str, str], now: float) -> Token:
         try:
             resp = await self._http.request("POST", self._url, form=form)
-        except AuthError:
-            raise
         except SourceError as exc:
             # Keycloak answers 400/401 for bad credentials; retryable faults stay what they are.
+            # Our own words, not the server's body: nothing a server echoes reaches the user.
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
                 raise AuthError(
-                    f"token endpoint refused the credentials (HTTP {exc.status})",
+                    f"token endpoint refused the credentials (HTTP {exc.status}) for user "
+                    f"{self._credentials.username!r} at {self._url}: check BULKDL_USERNAME and "
+                    "BULKDL_PASSWORD, or the file BULKDL_CREDENTIALS_FILE names",
                     url=self._url,
                     status=exc.status,
                 ) from None

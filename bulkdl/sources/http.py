@@ -8,19 +8,29 @@ aiohttp's default 5 minutes), a bounded connection pool per host, keep-alive and
 guard); :meth:`HttpClient.stream` hands out a series body chunk by chunk. Error statuses become
 :class:`TransientError` (429/5xx, with Retry-After), :class:`AuthError` (401/403) or
 :class:`RejectedError` (other 4xx), each with a short excerpt of the server's text. Headers are
-never logged (they may carry ``Authorization``). This module does network I/O.
+never logged (they may carry ``Authorization``).
+
+TLS certificates are always verified unless :attr:`HttpSettings.verify` is False (``--insecure``);
+``ca_bundle`` replaces the trusted CAs (a site's TLS-inspecting proxy) without turning
+verification off. A certificate failure is not retried: it becomes one :class:`SourceError`
+naming the problem. Redirects are followed here, not by aiohttp, so that the rules are ours: at
+most ``max_redirects`` hops, never from https to http, never to a URL carrying credentials, the
+``Authorization`` header dropped as soon as a hop leaves the original origin, and a request body
+(the token form, with the password) never re-sent to another origin. This module does network I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Final
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
@@ -42,6 +52,11 @@ USER_AGENT: Final = f"bulkdl/{__version__}"
 MAX_BODY: Final = 256 * 1024 * 1024
 _EXCERPT_BYTES: Final = 2048
 _EXCERPT_CHARS: Final = 200
+#: Redirect hops followed before giving up; NBIA itself never redirects, a proxy or a moved
+#: host may once or twice.
+MAX_REDIRECTS: Final = 5
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +85,106 @@ class HttpSettings:
     keepalive_timeout: float = 30.0
     max_body: int = MAX_BODY
     user_agent: str = USER_AGENT
+    #: False (``--insecure``) accepts any certificate: a last resort, warned about by callers.
+    verify: bool = True
+    #: PEM file of CA certificates trusted *instead of* the system's (as curl's ``--cacert``).
+    ca_bundle: Path | None = None
+    max_redirects: int = MAX_REDIRECTS
+
+
+def ssl_context(settings: HttpSettings) -> ssl.SSLContext | bool:
+    """The connector's TLS setting: False when verification is off, else a verifying context
+    trusting ``ca_bundle`` (or the system's CAs, which honour ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
+
+    Raises :class:`InputError` naming the file if ``ca_bundle`` cannot be read as PEM certificates.
+    """
+    if not settings.verify:
+        return False
+    cafile = str(settings.ca_bundle) if settings.ca_bundle is not None else None
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"{cafile}: cannot use as a CA bundle ({why})") from exc
+    # create_default_context verifies already; say so, so no later edit can quietly drop it.
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Where one redirect hop goes and how the request changes for it."""
+
+    url: str
+    method: str
+    keep_body: bool
+    same_origin: bool
+
+
+def redact_url(url: str) -> str:
+    """``url`` without any ``user:password@``, for messages and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+def follow_redirect(
+    current: str, status: int, location: str | None, method: str, has_body: bool, origin: str
+) -> Redirect:
+    """The next hop for a redirect ``status`` from ``current`` to ``location``. Pure.
+
+    ``origin`` is the URL the request was first sent to: a hop that leaves its origin loses the
+    ``Authorization`` header (see :class:`Redirect`). 303 (and 301/302 after a POST) becomes a
+    GET without body, as browsers do; 307/308 keep both. Raises :class:`RejectedError` for a
+    redirect without Location, to a non-http(s) URL, from https to http, to a URL with
+    ``user:password@``, or one that would re-send a request body to another origin.
+    """
+    shown = redact_url(current)
+    if not location or not location.strip():
+        raise RejectedError(f"{endpoint_of(current)}: HTTP {status} without Location", url=shown)
+    target = urljoin(current, location.strip())
+    parts = urlsplit(target)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise RejectedError(
+            f"refused redirect from {shown} to {redact_url(target)!r}: not an http(s) URL",
+            url=shown,
+        )
+    if urlsplit(current).scheme.lower() == "https" and parts.scheme.lower() == "http":
+        raise RejectedError(
+            f"refused redirect from {shown} to {redact_url(target)}: it would leave HTTPS "
+            "for plain HTTP",
+            url=shown,
+        )
+    if parts.username is not None or parts.password is not None:
+        raise RejectedError(
+            f"refused redirect from {shown} to {redact_url(target)}: the target carries "
+            "credentials",
+            url=shown,
+        )
+    if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+        method, keep_body = "GET", False
+    else:
+        keep_body = has_body
+    same_origin = _origin(target) == _origin(origin)
+    if keep_body and not same_origin:
+        raise RejectedError(
+            f"refused redirect from {shown} to {redact_url(target)}: it would re-send the "
+            "request body to another host",
+            url=shown,
+        )
+    return Redirect(target, method, keep_body, same_origin)
 
 
 def _display(url: str, params: Mapping[str, str] | None) -> str:
@@ -103,6 +218,18 @@ def translate(exc: BaseException, url: str) -> SourceError | InputError:
         return InputError(f"invalid URL: {url}")
     if isinstance(exc, aiohttp.TooManyRedirects):
         return RejectedError(f"{endpoint_of(url)}: too many redirects", url=url)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # Not transient: the same certificate comes back on every retry. One line, no advice
+        # to turn verification off first: a private CA is the usual cause on managed networks.
+        error = getattr(exc, "certificate_error", exc)
+        why = getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
+        parts = urlsplit(url)
+        return SourceError(
+            f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}: TLS certificate verification "
+            f"failed ({why}); to trust a private or proxy CA give its PEM file with "
+            "--ca-bundle FILE (or BULKDL_CA_BUNDLE)",
+            url=url,
+        )
     if isinstance(exc, TimeoutError):
         kind = "timed out"
     elif isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -173,7 +300,10 @@ class HttpClient:
             sock_read=s.read_timeout,
         )
         connector = aiohttp.TCPConnector(
-            limit=s.limit, limit_per_host=s.limit_per_host, keepalive_timeout=s.keepalive_timeout
+            limit=s.limit,
+            limit_per_host=s.limit_per_host,
+            keepalive_timeout=s.keepalive_timeout,
+            ssl=ssl_context(s),
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -204,6 +334,49 @@ class HttpClient:
             raise RuntimeError("HttpClient is not open: use 'async with HttpClient() as http'")
         return self._session
 
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        form: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[aiohttp.ClientResponse, str]:
+        """Send, following redirects by :func:`follow_redirect`'s rules; returns the final
+        response (any status but a redirect) and the URL it answered, for messages."""
+        display = first = _display(url, params)
+        sent = dict(headers) if headers else {}
+        data = dict(form) if form is not None else None
+        query = dict(params) if params else None
+        for _ in range(self.settings.max_redirects + 1):
+            try:
+                resp = await self.session.request(
+                    method,
+                    url,
+                    params=query,
+                    data=data,
+                    headers=sent or None,
+                    allow_redirects=False,
+                )
+            except _NETWORK_ERRORS as exc:
+                raise translate(exc, display) from exc
+            if resp.status not in REDIRECT_STATUSES:
+                return resp, display
+            location = resp.headers.get("Location")
+            resp.release()
+            hop = follow_redirect(display, resp.status, location, method, data is not None, first)
+            log.debug("HTTP %d: %s redirected to %s", resp.status, display, redact_url(hop.url))
+            if not hop.same_origin:
+                sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
+            url = display = hop.url
+            method, query = hop.method, None
+            data = data if hop.keep_body else None
+        raise RejectedError(
+            f"{endpoint_of(display)}: more than {self.settings.max_redirects} redirects "
+            f"(last to {redact_url(display)})",
+            url=redact_url(display),
+        )
+
     async def request(
         self,
         method: str,
@@ -215,35 +388,35 @@ class HttpClient:
         """Send a request and read the whole (small) answer.
 
         Raises :class:`TransientError` (network failure, timeout, 429/5xx), :class:`AuthError`
-        (401/403), :class:`RejectedError` (other 4xx), :class:`ResponseError` (a body larger
-        than ``max_body``).
+        (401/403), :class:`RejectedError` (other 4xx, a refused redirect), :class:`SourceError`
+        (a TLS certificate that does not verify), :class:`ResponseError` (a body larger than
+        ``max_body``).
         """
-        display = _display(url, params)
-        log.debug("%s %s", method, display)
+        log.debug("%s %s", method, _display(url, params))
         limit = self.settings.max_body
+        resp, display = await self._send(method, url, params, form, headers)
         try:
-            async with self.session.request(
-                method,
-                url,
-                params=dict(params) if params else None,
-                data=dict(form) if form is not None else None,
-                headers=dict(headers) if headers else None,
-            ) as resp:
-                if resp.status >= 400:
-                    body = await resp.content.read(_EXCERPT_BYTES)
-                    raise status_error(resp.status, resp.reason, resp.headers, body, display)
-                if resp.content_length is not None and resp.content_length > limit:
+            if resp.status >= 400:
+                body = await resp.content.read(_EXCERPT_BYTES)
+                raise status_error(resp.status, resp.reason, resp.headers, body, display)
+            if resp.content_length is not None and resp.content_length > limit:
+                raise _too_big(display, limit)
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > limit:
                     raise _too_big(display, limit)
-                parts: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    size += len(chunk)
-                    if size > limit:
-                        raise _too_big(display, limit)
-                    parts.append(chunk)
-                return HttpResponse(resp.status, dict(resp.headers), b"".join(parts))
+                parts.append(chunk)
+            answer = HttpResponse(resp.status, dict(resp.headers), b"".join(parts))
         except _NETWORK_ERRORS as exc:
+            resp.close()
             raise translate(exc, display) from exc
+        except BaseException:
+            resp.close()  # a body left unread: drop the connection rather than drain it
+            raise
+        resp.release()
+        return answer
 
     @asynccontextmanager
     async def stream(
@@ -258,17 +431,8 @@ class HttpClient:
         Raises on opening as :meth:`request` does; errors raised by the caller's block pass
         through untranslated (a disk error is not a network error).
         """
-        display = _display(url, params)
-        log.debug("%s %s (stream)", method, display)
-        try:
-            resp = await self.session.request(
-                method,
-                url,
-                params=dict(params) if params else None,
-                headers=dict(headers) if headers else None,
-            )
-        except _NETWORK_ERRORS as exc:
-            raise translate(exc, display) from exc
+        log.debug("%s %s (stream)", method, _display(url, params))
+        resp, display = await self._send(method, url, params, None, headers)
         ok = False
         try:
             if resp.status >= 400:

@@ -241,7 +241,8 @@ def _json_rows(data: object, url: str, body: bytes) -> list[Row]:
 
 def _csv_rows(text: str, url: str, body: bytes) -> list[Row]:
     try:
-        records = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+        # strict: a quoted field still open at the end is a body cut short, not a value.
+        records = [r for r in csv.reader(io.StringIO(text, newline=""), strict=True) if r]
     except csv.Error as exc:
         raise _bad(url, f"malformed CSV ({exc})", body) from exc
     if not records:
@@ -253,6 +254,10 @@ def _csv_rows(text: str, url: str, body: bytes) -> list[Row]:
     for n, record in enumerate(records[1:], start=2):
         if len(record) > len(header):
             raise _bad(url, f"CSV record {n} has more fields than the header", body)
+        if len(record) < len(header):
+            # NBIA writes every field of every row; a short last row is a body cut short,
+            # and taking it would invent values (ImageCount "12" of "120") or drop them.
+            raise _bad(url, f"CSV record {n} has fewer fields than the header (truncated?)", body)
         rows.append(dict(zip(header, record, strict=False)))
     return rows
 

@@ -15,10 +15,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import date
+from functools import partial
+from typing import TypeVar, cast
 
 import anyio
 
-from bulkdl.errors import AuthError, RejectedError, TransientError, UnknownSeriesError
+from bulkdl.errors import (
+    AuthError,
+    RejectedError,
+    ResponseError,
+    TransientError,
+    UnknownSeriesError,
+)
 from bulkdl.records import Patient, Series, SeriesSize, Study
 from bulkdl.retry import HOST_WIDE_STATUSES, HostBackoff, RetryPolicy
 from bulkdl.sources import nbia
@@ -29,6 +37,7 @@ from bulkdl.sources.nbia import ApiRequest, ParamValue, Row, SeriesQuery
 log = logging.getLogger(__name__)
 
 _JSON: dict[str, ParamValue] = {"format": "json"}
+T = TypeVar("T")
 
 
 class NbiaClient:
@@ -98,15 +107,37 @@ class NbiaClient:
             headers = await self._auth_headers()
             return await self._http.request(req.method, req.url, req.params, req.form, headers)
 
-    async def _send(self, req: ApiRequest, series_uid: str | None = None) -> HttpResponse:
-        """Send an idempotent request with retries; 400 on a series call -> UnknownSeriesError."""
+    async def _send(
+        self,
+        req: ApiRequest,
+        series_uid: str | None = None,
+        parse: Callable[[HttpResponse], T] | None = None,
+    ) -> T:
+        """Send an idempotent request with retries and return ``parse`` of the answer (the
+        answer itself without ``parse``); 400 on a series call -> UnknownSeriesError.
+
+        A 200 whose body ``parse`` refuses (a truncated body, an HTML page from a proxy) is
+        retried like a 5xx: metadata calls are idempotent and such bodies are usually passing
+        trouble. What is left after the last attempt is raised.
+        """
         attempt = 1
         while True:
             try:
                 resp = await self._send_once(req)
-            except TransientError as exc:
-                self._note_transient(exc)
-                if not self.policy.should_retry(attempt, exc):
+                try:
+                    result = parse(resp) if parse is not None else cast(T, resp)
+                except ResponseError as exc:
+                    # A body over the size guard is raised above, unretried: it would recur.
+                    raise _Unparsable(exc) from exc
+            except (TransientError, _Unparsable) as exc:
+                if isinstance(exc, TransientError):
+                    self._note_transient(exc)
+                    retry = self.policy.should_retry(attempt, exc)
+                else:
+                    retry = attempt < self.policy.attempts
+                if not retry and isinstance(exc, _Unparsable):
+                    raise exc.error from exc.error.__cause__
+                if not retry:
                     raise
                 delay = self.policy.delay(attempt, exc, self._rand)
                 log.info("%s failed (%s); retry %d in %.2f s", req.endpoint, exc, attempt, delay)
@@ -119,14 +150,13 @@ class NbiaClient:
                     raise
                 raise unknown from exc
             self.backoff.reset()
-            return resp
+            return result
 
     async def _rows(
         self, endpoint: str, params: Mapping[str, ParamValue], series_uid: str | None = None
     ) -> list[Row]:
         req = self._request(endpoint, params)
-        resp = await self._send(req, series_uid)
-        return nbia.parse_rows(resp.body, resp.content_type, req.display_url)
+        return await self._send(req, series_uid, partial(_parse, req))
 
     # ------------------------------------------------------------------ value lists
 
@@ -245,8 +275,7 @@ class NbiaClient:
         by_uid: dict[str, Series] = {}
         for batch in nbia.metadata_batches(wanted, self.metadata_batch):
             req = self._request("getSeriesMetadata", {"list": nbia.metadata_form_list(batch)})
-            resp = await self._send(req)
-            rows = nbia.parse_rows(resp.body, resp.content_type, req.display_url)
+            rows = await self._send(req, None, partial(_parse, req))
             for row in rows:
                 record = nbia.series_from_row(row, req.display_url)
                 by_uid.setdefault(record.SeriesInstanceUID, record)
@@ -300,9 +329,14 @@ class NbiaClient:
         while True:
             headers = await self._auth_headers()
             try:
-                return await stack.enter_async_context(
+                resp = await stack.enter_async_context(
                     self._http.stream(req.method, req.url, req.params, headers)
                 )
+                # The host answered: end the streak of 429/503s, as a metadata success does.
+                # Without this, downloads (nearly all requests of a run) never reset it, and
+                # scattered 503s over hours grow the host-wide pause towards its 5-minute cap.
+                self.backoff.reset()
+                return resp
             except AuthError:
                 if self._auth is None or reauthed:
                     raise
@@ -316,6 +350,18 @@ class NbiaClient:
                 if unknown is exc:
                     raise
                 raise unknown from exc
+
+
+class _Unparsable(Exception):
+    """A 200 whose body did not parse (carrying the ResponseError), inside the retry loop."""
+
+    def __init__(self, error: ResponseError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _parse(req: ApiRequest, resp: HttpResponse) -> list[Row]:
+    return nbia.parse_rows(resp.body, resp.content_type, req.display_url)
 
 
 def _unknown_series(exc: RejectedError, uid: str | None) -> RejectedError:

@@ -24,23 +24,18 @@ from aiohttp.typedefs import Middleware
 from bulkdl.testing.archive import FakeArchive, SeriesData
 from bulkdl.testing.auth import TokenStore
 from bulkdl.testing.endpoints import ALIASES, ENDPOINTS, Endpoint, invalid_parameter_message
-from bulkdl.testing.faults import FaultKind, FaultPlan
+from bulkdl.testing.faults import HTML_ERROR_PAGE, Fault, FaultKind, FaultPlan
 from bulkdl.testing.queries import Queries, QueryError, parse_mdy
 from bulkdl.testing.render import FORMATS, legacy_names, render
 from bulkdl.testing.reqlog import RequestLog, RequestRecord, mask_secrets
-from bulkdl.testing.streaming import stream_file
+from bulkdl.testing.streaming import reset_connection, stall, stream_bytes, stream_file
 from bulkdl.testing.zips import ZipCache, ZipVariant
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NOT_FOUND_SERIES = "Error: No series found for the given SeriesInstanceUID."
-HTML_ERROR_PAGE = (
-    '<!doctype html><html lang="en"><head><title>HTTP Status 500 - Internal Server Error</title>'
-    '</head><body><h1>HTTP Status 500 - Internal Server Error</h1><hr class="line" />'
-    "<p><b>Type</b> Exception Report</p><p><b>Message</b> Request processing failed</p>"
-    "</body></html>"
-)
+__all__ = ["HTML_ERROR_PAGE", "ServerState", "make_app"]
 
 
 @dataclass(slots=True)
@@ -263,7 +258,62 @@ async def _answer(
     if version in ("v1", "v2"):
         names, rows = legacy_names(columns, rows)
     body, content_type = render(rows, names, fmt)
+    fault = state.faults.next_endpoint_fault(name)
+    if fault is not None:
+        logger.debug("fault %s on %s", fault.kind, name)
+        return await _faulty_answer(state, request, body, content_type, fault)
     return web.Response(body=body, content_type=content_type, charset="utf-8" if body else None)
+
+
+async def _before_headers(request: web.Request, fault: Fault) -> web.StreamResponse | None:
+    """Apply the part of ``fault`` that strikes before the status line; a response to return
+    when the fault ends the exchange there, else None (go on and answer)."""
+    if fault.kind is FaultKind.STATUS:
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(math.ceil(fault.retry_after))
+        raise _Reject(fault.status, fault.text, headers)
+    if fault.kind in (FaultKind.NOT_ZIP, FaultKind.BODY):
+        if fault.kind is FaultKind.NOT_ZIP:
+            return web.Response(text=HTML_ERROR_PAGE, content_type="text/html")
+        return web.Response(text=fault.text, content_type=fault.content_type or "text/plain")
+    if fault.before_headers and fault.kind is FaultKind.RESET:
+        reset_connection(request)
+        return web.Response()  # never sent: the connection is gone
+    if fault.before_headers and fault.kind is FaultKind.STALL:
+        await stall(request, fault.seconds)
+    return None
+
+
+async def _faulty_answer(
+    state: ServerState, request: web.Request, body: bytes, content_type: str, fault: Fault
+) -> web.StreamResponse:
+    """A query endpoint's answer ``body`` with ``fault`` applied."""
+    early = await _before_headers(request, fault)
+    if early is not None:
+        return early
+    if fault.kind is FaultKind.CONTENT_TYPE:
+        content_type = fault.content_type or "text/plain"
+    if fault.kind is FaultKind.TRUNCATE:
+        body = body[: fault.position(len(body))]
+    if fault.before_headers or fault.kind not in (
+        FaultKind.RESET,
+        FaultKind.STALL,
+        FaultKind.CORRUPT,
+    ):
+        return web.Response(body=body, content_type=content_type)
+    response = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await stream_bytes(
+        request,
+        response,
+        body,
+        chunk_size=state.chunk_size,
+        bandwidth=state.bandwidth,
+        fault=fault,
+    )
+    return response
 
 
 async def _zip(
@@ -272,16 +322,15 @@ async def _zip(
     if state.zip_cache is None or (series.instances == () and state.archive.root is None):
         raise _Reject(500, "Error: this archive has rows only (metadata_only); it holds no images.")
     fault = state.faults.next_fault(series.uid)
+    content_type = "application/octet-stream"
     if fault is not None:
         logger.debug("fault %s on attempt of %s", fault.kind, series.uid)
-        if fault.kind is FaultKind.STATUS:
-            headers = {}
-            if fault.retry_after is not None:
-                headers["Retry-After"] = str(math.ceil(fault.retry_after))
-            raise _Reject(fault.status, fault.text, headers)
-        if fault.kind is FaultKind.NOT_ZIP:
-            return web.Response(text=HTML_ERROR_PAGE, content_type="text/html")
-        if fault.kind is FaultKind.SHORT_ZIP:
+        early = await _before_headers(request, fault)
+        if early is not None:
+            return early
+        if fault.kind is FaultKind.CONTENT_TYPE:
+            content_type = fault.content_type or "text/plain"
+        elif fault.kind is FaultKind.SHORT_ZIP:
             variant = _with(variant, keep=fault.keep if fault.keep is not None else 1)
         elif fault.kind is FaultKind.EMPTY_SERIES:
             variant = _with(variant, keep=0)
@@ -293,7 +342,7 @@ async def _zip(
     response = web.StreamResponse(
         status=200,
         headers={
-            "Content-Type": "application/octet-stream",
+            "Content-Type": content_type,
             "Content-Disposition": f'attachment; filename="{series.uid}.zip"',
         },
     )
@@ -305,7 +354,7 @@ async def _zip(
         path,
         chunk_size=state.chunk_size,
         bandwidth=state.bandwidth,
-        fault=fault,
+        fault=None if fault is not None and fault.before_headers else fault,
         spans=spans,
     )
     return response

@@ -20,7 +20,7 @@ from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from bulkdl.testing.dicomgen import CtInstance, noisy_pixels, write_ct_file
+from bulkdl.testing.dicomgen import CtInstance, derive_ct_file, noisy_pixels, write_ct_file
 
 #: A column value as the server sends it (a null is an absent key, never None).
 Value = str | int
@@ -110,7 +110,10 @@ class Instance:
 
 @dataclass(frozen=True, slots=True)
 class SeriesData:
-    """A series: its getSeries row and its images in database order (empty when metadata-only)."""
+    """A series: its getSeries row and its images in database order (empty when metadata-only).
+
+    ``revision`` is empty as built and a short content tag after :meth:`FakeArchive.revise`.
+    """
 
     index: int
     uid: str
@@ -119,6 +122,7 @@ class SeriesData:
     collection: str
     row: Row
     instances: tuple[Instance, ...] = ()
+    revision: str = ""
 
 
 @dataclass(slots=True)
@@ -166,6 +170,46 @@ class FakeArchive:
     def lookup(self, series_uid: str) -> SeriesData | None:
         """The series with this UID, or None."""
         return self._by_uid.get(series_uid)
+
+    def revise(self, series_uid: str, *, drop: int = 0, add: int = 0) -> SeriesData:
+        """Revise a series on the "server" as curators do: remove its last ``drop`` images (in
+        database order), then add ``add`` new ones (new SOPInstanceUIDs, higher InstanceNumbers).
+
+        ImageCount and FileSize in its rows follow (NBIA's ImageCount is a live count), and
+        getImage then serves the new content. In memory only: the cached archive on disk gains
+        the new files but its index is unchanged, so revise a :class:`FakeArchive` of your own
+        rather than one other tests share. Returns the revised series; raises LookupError for an
+        unknown UID or a metadata-only archive, ValueError when ``drop`` exceeds the images.
+        """
+        old = self._by_uid.get(series_uid)
+        if old is None:
+            raise LookupError(f"no series {series_uid}")
+        if self.root is None:
+            raise LookupError("a metadata-only archive has no files to revise")
+        if not 0 <= drop <= len(old.instances) or add < 0:
+            raise ValueError(f"cannot drop {drop} of {len(old.instances)} images (add {add})")
+        kept = list(old.instances[: len(old.instances) - drop])
+        # New images depend on the content revised, so revising twice adds distinct images.
+        generation = old.revision or "0"
+        source = old.instances[0] if old.instances else None
+        top = max((i.instance_number for i in old.instances), default=0)
+        for k in range(add):
+            if source is None:
+                raise ValueError("cannot add images to an empty series")
+            sop = make_uid(self.spec.seed, "sop-revised", old.index, generation, k)
+            relpath = f"files/{old.index:06d}/r{generation}-{k:05d}.dcm"  # beside the originals
+            number = top + 1 + k
+            size = derive_ct_file(
+                self.file_path(source), self.root / relpath, sop_uid=sop, instance_number=number
+            )
+            md5 = hashlib.md5((self.root / relpath).read_bytes()).hexdigest()
+            kept.append(Instance(sop, number, source.acquisition_number, relpath, size, md5))
+        tag = hashlib.sha256("".join(i.md5 for i in kept).encode()).hexdigest()[:12]
+        row = {**old.row, "ImageCount": len(kept), "FileSize": sum(i.size for i in kept)}
+        new = replace(old, row=row, instances=tuple(kept), revision=tag)
+        self.series[self.series.index(old)] = new
+        self._index()
+        return new
 
     def file_path(self, instance: Instance) -> Path:
         """Where an instance's DICOM file is on disk."""

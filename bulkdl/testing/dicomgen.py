@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydicom import config
+from pydicom import config, dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -194,3 +194,21 @@ def write_ct_file(path: Path, inst: CtInstance, pixels: bytes) -> int:
     ds.save_as(tmp, enforce_file_format=True)
     os.replace(tmp, path)
     return path.stat().st_size
+
+
+def derive_ct_file(src: Path, dst: Path, *, sop_uid: str, instance_number: int) -> int:
+    """Write a copy of the CT file ``src`` at ``dst`` as another instance of the same series (new
+    SOPInstanceUID and InstanceNumber, noisier pixels); return its size. Raises OSError."""
+    ds = dcmread(src)
+    ds.SOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    ds.InstanceNumber = str(instance_number)
+    pixels = bytearray(ds.PixelData)
+    rng = random.Random(sop_uid)
+    for i in range(0, len(pixels), 2):
+        pixels[i] ^= rng.randrange(16)
+    ds.PixelData = bytes(pixels)
+    tmp = dst.with_name(dst.name + ".part")
+    ds.save_as(tmp, enforce_file_format=True)
+    os.replace(tmp, dst)
+    return dst.stat().st_size

@@ -1,19 +1,21 @@
-"""Streaming a cached file onto an aiohttp response, throttled, with in-body faults.
+"""Streaming a cached file (or a body in memory) onto an aiohttp response, throttled, with faults.
 
 Reads run in a worker thread in large chunks so the event loop stays free; writes go through a
 token bucket when a bandwidth cap is set (one bucket per response, which on HTTP/1.1 is one per
-connection at a time). A RESET, STALL or CORRUPT fault strikes at a byte position computed from the
-ZIP's entry spans. Does file and socket I/O.
+connection at a time). A RESET, STALL, CORRUPT or TRUNCATE fault strikes at a byte position
+computed from the ZIP's entry spans (or the body's length). Does file and socket I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import socket
 import struct
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -99,7 +101,7 @@ def reset_connection(request: web.BaseRequest) -> None:
     transport.abort()
 
 
-async def _stall(request: web.BaseRequest, seconds: float | None) -> bool:
+async def stall(request: web.BaseRequest, seconds: float | None) -> bool:
     """Send nothing for ``seconds`` (None: until the client goes); True if the client went."""
     deadline = None if seconds is None else time.monotonic() + seconds
     while deadline is None or time.monotonic() < deadline:
@@ -108,6 +110,9 @@ async def _stall(request: web.BaseRequest, seconds: float | None) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+_POSITIONED = (FaultKind.RESET, FaultKind.STALL, FaultKind.CORRUPT, FaultKind.TRUNCATE)
 
 
 async def stream_file(
@@ -122,53 +127,81 @@ async def stream_file(
 ) -> None:
     """Write ``path`` to the prepared ``response``, applying ``fault`` at its position.
 
-    Returns early (after aborting the connection) on a RESET; raises ConnectionError if the client
-    goes away, which aiohttp handles.
+    Returns early (after aborting the connection) on a RESET, or after the cut on a TRUNCATE;
+    raises ConnectionError if the client goes away, which aiohttp handles.
     """
     total = (await asyncio.to_thread(path.stat)).st_size
+    f = await asyncio.to_thread(path.open, "rb")
+    try:
+        await _pump(request, response, f, total, chunk_size, bandwidth, fault, spans or [])
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+async def stream_bytes(
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    body: bytes,
+    *,
+    chunk_size: int,
+    bandwidth: float | None = None,
+    fault: Fault | None = None,
+) -> None:
+    """Write ``body`` to the prepared ``response`` as :func:`stream_file` writes a file."""
+    await _pump(request, response, io.BytesIO(body), len(body), chunk_size, bandwidth, fault, [])
+
+
+async def _pump(
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    f: BinaryIO,
+    total: int,
+    chunk_size: int,
+    bandwidth: float | None,
+    fault: Fault | None,
+    spans: list[EntrySpan],
+) -> None:
     strike = None
-    if fault is not None and fault.kind in (FaultKind.RESET, FaultKind.STALL, FaultKind.CORRUPT):
-        strike = fault_position(fault, spans or [], total)
+    if fault is not None and fault.kind in _POSITIONED:
+        strike = fault_position(fault, spans, total)
     bucket = TokenBucket(bandwidth) if bandwidth else None
     if bucket is not None:
         chunk_size = max(1024, min(chunk_size, int(bandwidth or 0) // 10))
-    f = await asyncio.to_thread(path.open, "rb")
-    try:
-        sent = 0
-        while True:
-            want = chunk_size
-            if (
-                strike is not None
-                and fault is not None
-                and fault.kind is not FaultKind.CORRUPT
-                and sent < strike
-            ):
-                want = min(want, strike - sent)
-            data = await asyncio.to_thread(f.read, want) if want else b""
-            corrupting = fault is not None and fault.kind is FaultKind.CORRUPT
-            if corrupting and strike is not None and sent <= strike < sent + len(data):
-                i = strike - sent
-                data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
-            if data:
-                if bucket is not None:
-                    await bucket.take(len(data))
-                await response.write(data)
-                sent += len(data)
-            if fault is not None and strike is not None and sent == strike:
-                if fault.kind is FaultKind.RESET:
-                    await _flushed(request)
-                    # Linux drops unread received data on RST: give the client time to read
-                    # what was sent, so the cut falls where the fault says.
-                    await asyncio.sleep(0.05)
-                    reset_connection(request)
-                    return
-                if fault.kind is FaultKind.STALL:
-                    await _flushed(request)
-                    if await _stall(request, fault.seconds):
-                        return
-                    strike = None
-                    continue
-            if not data:
+    sent = 0
+    while True:
+        want = chunk_size
+        if (
+            strike is not None
+            and fault is not None
+            and fault.kind is not FaultKind.CORRUPT
+            and sent < strike
+        ):
+            want = min(want, strike - sent)
+        data = await asyncio.to_thread(f.read, want) if want else b""
+        corrupting = fault is not None and fault.kind is FaultKind.CORRUPT
+        if corrupting and strike is not None and sent <= strike < sent + len(data):
+            i = strike - sent
+            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+        if data:
+            if bucket is not None:
+                await bucket.take(len(data))
+            await response.write(data)
+            sent += len(data)
+        if fault is not None and strike is not None and sent == strike:
+            if fault.kind is FaultKind.TRUNCATE:
+                return  # the caller ends the response properly: a clean, short body
+            if fault.kind is FaultKind.RESET:
+                await _flushed(request)
+                # Linux drops unread received data on RST: give the client time to read
+                # what was sent, so the cut falls where the fault says.
+                await asyncio.sleep(0.05)
+                reset_connection(request)
                 return
-    finally:
-        await asyncio.to_thread(f.close)
+            if fault.kind is FaultKind.STALL:
+                await _flushed(request)
+                if await stall(request, fault.seconds):
+                    return
+                strike = None
+                continue
+        if not data:
+            return

@@ -169,7 +169,9 @@ class ZipCache:
 
         Blocking; call it from a worker thread. Raises LookupError for a metadata-only archive.
         """
-        key = f"{series.index:06d}-{variant.key()}"
+        # A revised series is other content: its ZIPs must not be the original's.
+        revision = f"-{series.revision}" if series.revision else ""
+        key = f"{series.index:06d}{revision}-{variant.key()}"
         path = self.folder / f"{key}.zip"
         with self._guard:
             if key in self._spans:
