@@ -11,6 +11,7 @@ every run, whatever the log level.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -99,6 +100,17 @@ def _refuse_credential_flags(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help=argparse.SUPPRESS,
     )
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """Positive integers separated by commas: '8' or '1,2'."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count or list of counts: {text!r}") from None
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"counts must be 0 or more: {text!r}")
+    return counts
 
 
 def _add_api(parser: argparse.ArgumentParser) -> None:
@@ -264,7 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--patients", type=int, default=2, help="per collection")
     serve.add_argument("--studies", type=int, default=1, help="per patient")
     serve.add_argument("--series", type=int, default=2, help="per study")
-    serve.add_argument("--images", type=int, default=8, help="per series")
+    serve.add_argument(
+        "--images",
+        type=_counts,
+        default=(8,),
+        metavar="N[,N...]",
+        help="images per series; several counts are cycled over the series (e.g. 1,2)",
+    )
     serve.add_argument("--matrix", type=int, default=512, help="image rows and columns")
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--awkward", action="store_true", help="hostile attribute values")
@@ -425,7 +443,7 @@ def _serve(args: argparse.Namespace) -> int:
         patients_per_collection=args.patients,
         studies_per_patient=args.studies,
         series_per_study=args.series,
-        images_per_series=args.images,
+        images_per_series=args.images[0] if len(args.images) == 1 else args.images,
         rows=args.matrix,
         columns=args.matrix,
         seed=args.seed,
@@ -450,7 +468,8 @@ def _serve(args: argparse.Namespace) -> int:
             on_ready=ready,
         )
 
-    anyio.run(serve)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM is how a server stops
+        anyio.run(serve)
     return ExitCode.OK
 
 

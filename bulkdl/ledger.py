@@ -69,6 +69,9 @@ _SCHEMA = (
         sop_uid TEXT NOT NULL, size INTEGER NOT NULL, md5 TEXT NOT NULL, sha256 TEXT)""",
     "CREATE INDEX IF NOT EXISTS files_series ON files (series_uid)",
     "CREATE TABLE IF NOT EXISTS licenses (collection TEXT PRIMARY KEY, text TEXT NOT NULL)",
+    # Each tree folder bulkdl placed files in, with its mtime right after: an unchanged mtime
+    # proves no file in it was added, removed or renamed since, without listing it.
+    "CREATE TABLE IF NOT EXISTS folders (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL)",
 )
 _UPSERT = """
     INSERT INTO series (uid, expected_images, expected_bytes, collection, patient_id, study_uid,
@@ -666,6 +669,41 @@ class Ledger:
             for series_uid, *rest in rows:
                 out.setdefault(series_uid, []).append(PlacedFile(*rest))
         return out
+
+    def files_under(self, folder: str) -> list[PlacedFile]:
+        """The recorded files directly inside tree folder ``folder`` (relative POSIX, "" = root)."""
+        prefix = f"{folder}/" if folder else ""
+        with self._read() as tx:
+            # '/' + 1 == '0': the range is every path starting with the prefix, by the index
+            rows = tx.execute(
+                "SELECT path, sop_uid, size, md5 FROM files WHERE path >= ? AND path < ?",
+                (prefix, f"{folder}0" if folder else "\U0010ffff"),
+            )
+            return [PlacedFile(*row) for row in rows if "/" not in row[0][len(prefix) :]]
+
+    def owners(self, paths: Sequence[str]) -> dict[str, str]:
+        """path -> series UID for those of ``paths`` the ledger records."""
+        out: dict[str, str] = {}
+        with self._read() as tx:
+            for chunk in _chunks(list(paths)):
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT path, series_uid FROM files WHERE path IN ({marks})"
+                out.update(dict(tx.execute(query, list(chunk))))
+        return out
+
+    def record_folders(self, folders: Sequence[tuple[str, int]]) -> None:
+        """Remember each (folder, mtime_ns) right after files were placed in it."""
+        with self._write() as tx:
+            tx.executemany(
+                "INSERT INTO folders (path, mtime_ns) VALUES (?, ?)"
+                " ON CONFLICT (path) DO UPDATE SET mtime_ns = excluded.mtime_ns",
+                folders,
+            )
+
+    def folders(self) -> dict[str, int]:
+        """Every recorded tree folder -> its mtime_ns after bulkdl last placed files in it."""
+        with self._read() as tx:
+            return dict(tx.execute("SELECT path, mtime_ns FROM folders"))
 
     # -- licences --------------------------------------------------------------------------------
 

@@ -222,25 +222,27 @@ def prepare_output(out: Path) -> Path:
 def _missing_files(ledger: Ledger, out: Path, done: Sequence[str]) -> dict[str, int]:
     """Done series with files no longer in the tree: uid -> how many are missing.
 
-    One directory listing per folder instead of a stat per file keeps 10^7 files affordable.
+    A folder whose mtime is what it was right after bulkdl last placed files in it has lost
+    none (a deletion or rename changes its mtime), so only changed folders are listed: a re-run
+    over millions of untouched files costs one stat per folder.
     """
     wanted = set(done)
-    listing: dict[Path, set[str]] = {}
+    gone: list[str] = []
+    for folder, mtime_ns in ledger.folders().items():
+        path = out / folder if folder else out
+        try:
+            if os.stat(path).st_mtime_ns == mtime_ns:
+                continue
+            names = {entry.name for entry in os.scandir(path)}
+        except OSError:
+            names = set()
+        gone += [
+            f.path for f in ledger.files_under(folder) if f.path.rsplit("/", 1)[-1] not in names
+        ]
     missing: dict[str, int] = {}
-    for uid, files in ledger.files_by_series().items():
-        if uid not in wanted:
-            continue
-        for placed in files:
-            path = out / placed.path
-            names = listing.get(path.parent)
-            if names is None:
-                try:
-                    names = {entry.name for entry in os.scandir(path.parent)}
-                except OSError:
-                    names = set()
-                listing[path.parent] = names
-            if path.name not in names:
-                missing[uid] = missing.get(uid, 0) + 1
+    for uid in ledger.owners(gone).values():
+        if uid in wanted:
+            missing[uid] = missing.get(uid, 0) + 1
     return missing
 
 
@@ -332,7 +334,7 @@ async def _place(
     moves = await anyio.to_thread.run_sync(run.placer.plan, series, dicom_files)
     try:
         await run.db(partial(run.ledger.begin_placing, uid, [m.placed for m in moves]))
-        await anyio.to_thread.run_sync(run.placer.commit, moves)
+        folders = await anyio.to_thread.run_sync(run.placer.commit, moves)
     finally:
         run.placer.release(moves)
     sop_class = next((f.header.get("SOPClassUID") for f in dicom_files if f.header), None)
@@ -347,6 +349,7 @@ async def _place(
             sop_class_uid=sop_class,
         )
     )
+    await run.db(partial(run.ledger.record_folders, folders))
     outcome: Outcome = "incomplete" if incomplete else "done"
     reason = "; ".join(verdict.problems) if incomplete else None
     return SeriesOutcome(uid, outcome, verdict.images, verdict.bytes, reason)

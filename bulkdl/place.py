@@ -113,8 +113,9 @@ class Placer:
             for move in moves:
                 self._claimed.pop(move.placed.path, None)
 
-    def commit(self, moves: Sequence[Move]) -> None:
-        """Move every staged file into the tree. Raises OSError (disk full, permissions)."""
+    def commit(self, moves: Sequence[Move]) -> list[tuple[str, int]]:
+        """Move every staged file into the tree; returns each folder touched with its mtime_ns
+        afterwards (the ledger's proof that nothing changed there since). Raises OSError."""
         made: set[PurePosixPath] = set()
         for move in moves:
             target = self.root / move.placed.path
@@ -129,6 +130,11 @@ class Placer:
             for parent in made:
                 _fsync_dir(self.root / parent)
         self.release(moves)
+        folders = []
+        for parent in made:
+            folder = "" if str(parent) == "." else parent.as_posix()
+            folders.append((folder, (self.root / parent).stat().st_mtime_ns))
+        return folders
 
     def remove(self, placed: Sequence[PlacedFile]) -> None:
         """Delete files a crashed run had begun to place, and the folders they leave empty."""
