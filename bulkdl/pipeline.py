@@ -249,7 +249,7 @@ def _missing_files(ledger: Ledger, out: Path, done: Sequence[str]) -> dict[str, 
 async def _plan(run: _Run, found: Sequence[Series]) -> tuple[list[Series], list[Series]]:
     """(to fetch, already done) after reconciling the ledger with the tree and the server."""
     uids = [s.SeriesInstanceUID for s in found]
-    before = await run.db(lambda: run.ledger.states(uids))
+    before = await run.db(lambda: run.ledger.states(uids, records=False))
     for series in found:
         state = before.get(series.SeriesInstanceUID)
         if state is None:
@@ -269,7 +269,7 @@ async def _plan(run: _Run, found: Sequence[Series]) -> tuple[list[Series], list[
             await anyio.to_thread.run_sync(run.placer.remove, stale)
             await run.db(partial(run.ledger.mark_missing, state.uid, "revised on the server"))
     await run.db(partial(run.ledger.upsert_resolved, found))
-    states = await run.db(lambda: run.ledger.states(uids))
+    states = await run.db(lambda: run.ledger.states(uids, records=False))
     finished = [
         uid
         for uid, st in states.items()

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -302,6 +303,8 @@ def parse_int(text: str | None) -> int | None:
     if text is None:
         return None
     s = text.strip()
+    if s.isascii() and s.isdigit() and len(s) <= _MAX_NUMBER_TEXT:
+        return int(s)  # the common case, without Decimal's cost
     if not s or len(s) > _MAX_NUMBER_TEXT:
         return None
     try:
@@ -327,6 +330,12 @@ def parse_date(text: str | None) -> date | None:
     """
     if not text:
         return None
+    return _parse_date(text)
+
+
+@lru_cache(maxsize=16384)
+def _parse_date(text: str) -> date | None:
+    # Cached: a 200,000-series answer repeats a few thousand dates, and strptime is slow.
     match = _DATE_HEAD.match(text)
     if match is None:
         return None
@@ -366,6 +375,16 @@ def normalize_row(row: Mapping[str, str]) -> tuple[dict[str, str], list[tuple[st
 R = TypeVar("R")
 
 
+_FIELD_KINDS: dict[type[Any], dict[str, str]] = {}
+
+
+def _field_kinds(cls: type[Any]) -> dict[str, str]:
+    kinds = _FIELD_KINDS.get(cls)
+    if kinds is None:
+        kinds = _FIELD_KINDS[cls] = {f.name: str(f.type) for f in fields(cls)}
+    return kinds
+
+
 def _record(cls: type[R], row: Mapping[str, str], key: str, url: str | None) -> R:
     known, unknown = normalize_row(row)
     if key not in known:
@@ -374,7 +393,7 @@ def _record(cls: type[R], row: Mapping[str, str], key: str, url: str | None) -> 
         )
     kwargs: dict[str, Any] = {}
     extra = list(unknown)
-    names = {f.name: str(f.type) for f in fields(cls)}  # type: ignore[arg-type]
+    names = _field_kinds(cls)
     for keyword, value in known.items():
         kind = names.get(keyword)
         if kind is None or keyword == "extra":
