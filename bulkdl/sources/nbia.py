@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
@@ -368,7 +369,9 @@ def normalize_row(row: Mapping[str, str]) -> tuple[dict[str, str], list[tuple[st
             if value.strip():
                 unknown.append((column, value))
         elif value.strip() and keyword not in known:
-            known[keyword] = value.strip()
+            # Interned: across 200,000 rows most values (collection, modality, licence...)
+            # repeat, and one shared string each keeps the planning memory flat.
+            known[keyword] = sys.intern(value.strip())
     return known, unknown
 
 
