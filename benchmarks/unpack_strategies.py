@@ -1,28 +1,31 @@
 """Spool-then-extract vs inflate-as-a-stream, plain vs aiofiles writes, header reading options.
 
 Builds one NBIA-shaped series (100 x 512x512 CT, ~52 MB inflated) with bulkdl.testing, cached
-under the fake-archive cache, and its getImage ZIP, then times, median of RUNS runs:
-(a) spool: the ZIP arriving in 64 KiB chunks written to a file, then ``unpack_zip``;
-(b) stream: a minimal streaming reader (local headers, zlib until eof, data descriptors) written
-here only, writing the members with MD5 and header read as (a) does;
+under the fake-archive cache, and its getImage ZIP, then measures, median of RUNS runs, wall time
+and this process's user and system CPU (``getrusage(RUSAGE_SELF)`` deltas):
+(a) spool: the ZIP arriving in 64 KiB chunks written to a file in 4 MiB batches (as bulkdl did),
+then ``unpack_zip`` reading it back;
+(b) stream: the same chunks batched to 4 MiB and fed to :class:`bulkdl.unpack.StreamUnpacker`
+(what ``NbiaSource.fetch`` now does), with the same MD5s and header reads;
+(r) the pure :class:`bulkdl.zipstream.ZipStreamReader` alone (inflate + CRC, no writes);
 (c) writing the inflated members with plain ``open`` in one worker thread vs aiofiles;
-(d) :func:`bulkdl.dicom.read_header` with and without ``specific_tags``.
-Run: ``.venv/bin/python benchmarks/unpack_strategies.py`` (about 30 s). Does file I/O in a
-temporary folder.
+(d) :func:`bulkdl.dicom.read_header` with and without ``specific_tags``;
+and ``dd`` writing 1 GB to the page cache (its children's user and system CPU), the cost the
+spool paid twice per ZIP byte. Run: ``.venv/bin/python benchmarks/unpack_strategies.py`` (about
+a minute). Does file I/O in a temporary folder.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import resource
 import shutil
 import statistics
-import struct
+import subprocess
 import tempfile
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -31,21 +34,52 @@ import aiofiles
 from bulkdl.dicom import HEADER_KEYWORDS_ALWAYS, _read_header, read_header
 from bulkdl.testing import ArchiveSpec, FakeArchive, default_cache_dir
 from bulkdl.testing.zips import ZipVariant, build_zip
-from bulkdl.unpack import unpack_zip
+from bulkdl.unpack import StreamUnpacker, unpack_zip
+from bulkdl.zipstream import ZipStreamReader
 
 RUNS = 7
 IMAGES = 100
 ARRIVAL_CHUNK = 64 << 10  # what aiohttp's iter_chunked hands over
+BATCH = 4 << 20  # what NbiaSource gathers before a thread hop
 KEYWORDS = ("PatientID", "StudyDate", "SeriesNumber", "SeriesDescription", "Modality")
 
 
-def median_time(fn: Callable[[], object], runs: int = RUNS) -> float:
-    times = []
+@dataclass(frozen=True)
+class Cost:
+    """Median wall, user and system seconds of some runs."""
+
+    wall: float
+    user: float
+    sys: float
+
+
+def measure(fn: Callable[[], object], runs: int = RUNS) -> Cost:
+    walls, users, syss = [], [], []
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        users.append(after.ru_utime - before.ru_utime)
+        syss.append(after.ru_stime - before.ru_stime)
+    return Cost(statistics.median(walls), statistics.median(users), statistics.median(syss))
+
+
+def dd_cost(folder: Path, megabytes: int = 1000) -> Cost:
+    """``dd`` writing ``megabytes`` MB of zeros to the page cache (no fsync), as a child."""
+    target = folder / "dd.bin"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={megabytes}"],
+        check=True,
+        capture_output=True,
+    )
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    target.unlink()
+    return Cost(wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
 
 
 def arriving(body: bytes) -> Iterator[bytes]:
@@ -63,104 +97,50 @@ def fresh(folder: Path) -> Path:
     return folder
 
 
+def batches(body: bytes) -> Iterator[bytes]:
+    """The arriving chunks gathered to BATCH bytes, as NbiaSource does."""
+    batch: list[bytes] = []
+    size = 0
+    for chunk in arriving(body):
+        batch.append(chunk)
+        size += len(chunk)
+        if size >= BATCH:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
 def spool(body: bytes, work: Path) -> int:
-    """(a) Write the body to a spool file as it arrives, then extract it."""
+    """(a) Write the body to a spool file as it arrives, then extract it (the old way)."""
     dest = fresh(work / "spool")
     zip_path = dest / "body.zip"
     with zip_path.open("wb") as f:
-        for chunk in arriving(body):
-            f.write(chunk)
+        for batch in batches(body):
+            f.write(batch)
     fetched = unpack_zip(zip_path, dest / "files", series_uid="1.2", max_total=None, inspect=header)
+    zip_path.unlink()
     return len(fetched.files)
 
 
-class StreamUnzip:
-    """A push parser for a data-descriptor ZIP: enough of ZIP to measure streaming's cost
-    (no ZIP64, no name checks, no central directory), writing members as they inflate."""
-
-    def __init__(self, dest: Path) -> None:
-        self.dest = dest
-        self.buf = b""
-        self.state = "header"
-        self.name = ""
-        self.inflater: zlib._Decompress | None = None
-        self.out: object = None
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.crc = 0
-        self.count = 0
-        self.files: list[tuple[str, Path, str, dict[str, str] | None]] = []
-        self.path = dest
-
-    def feed(self, data: bytes) -> None:
-        self.buf += data
-        while self.step():
-            pass
-
-    def step(self) -> bool:
-        if self.state == "header":
-            if len(self.buf) < 30:
-                return False
-            sig = self.buf[:4]
-            if sig == b"PK\x01\x02" or sig == b"PK\x05\x06":
-                self.state = "done"
-                return False
-            if sig != b"PK\x03\x04":
-                raise ValueError("bad local header")
-            _v, flags, method, _t, _d, _crc, _cs, _us, nlen, xlen = struct.unpack(
-                "<HHHHHIIIHH", self.buf[4:30]
-            )
-            if len(self.buf) < 30 + nlen + xlen:
-                return False
-            if method != zipfile.ZIP_DEFLATED or not flags & 0x08:
-                raise ValueError("benchmark reader handles DEFLATED + descriptor only")
-            self.name = self.buf[30 : 30 + nlen].decode()
-            self.buf = self.buf[30 + nlen + xlen :]
-            self.inflater = zlib.decompressobj(-15)
-            self.count += 1
-            self.path = self.dest / f"{self.count:06d}.dcm"
-            self.out = self.path.open("wb")
-            self.md5 = hashlib.md5(usedforsecurity=False)
-            self.crc = 0
-            self.state = "data"
-            return True
-        if self.state == "data":
-            assert self.inflater is not None
-            data = self.inflater.decompress(self.buf)
-            out = self.out
-            assert hasattr(out, "write")
-            out.write(data)
-            self.md5.update(data)
-            self.crc = zlib.crc32(data, self.crc)
-            if not self.inflater.eof:
-                self.buf = b""
-                return False
-            self.buf = self.inflater.unused_data
-            out.close()  # type: ignore[attr-defined]
-            self.state = "descriptor"
-            return True
-        if self.state == "descriptor":
-            if len(self.buf) < 16:
-                return False
-            crc = struct.unpack("<I", self.buf[4:8])[0]
-            if crc != self.crc:
-                raise ValueError(f"CRC mismatch in {self.name}")
-            self.buf = self.buf[16:]
-            hdr = header(self.path) if self.name.endswith(".dcm") else None
-            self.files.append((self.name, self.path, self.md5.hexdigest(), hdr))
-            self.state = "header"
-            return True
-        return False
-
-
 def stream(body: bytes, work: Path) -> int:
-    """(b) Inflate the body as it arrives, writing, hashing and reading headers."""
+    """(b) Unpack the body as it arrives: StreamUnpacker fed 4 MiB batches."""
     dest = fresh(work / "stream")
-    parser = StreamUnzip(dest)
-    for chunk in arriving(body):
-        parser.feed(chunk)
-    if parser.state != "done":
-        raise ValueError("stream ended early")
-    return len(parser.files)
+    unpacker = StreamUnpacker(dest / "files", series_uid="1.2", max_total=None, inspect=header)
+    for batch in batches(body):
+        unpacker.feed(batch)
+    return len(unpacker.finish().files)
+
+
+def reader_only(body: bytes) -> int:
+    """(r) The pure reader alone: inflate and CRC-32, no files."""
+    reader = ZipStreamReader()
+    total = 0
+    for batch in batches(body):
+        for event in reader.feed_iter(batch):
+            total += len(getattr(event, "data", b""))
+    reader.close()
+    return total
 
 
 def plain_writes(members: list[bytes], dest: Path, chunk: int) -> None:
@@ -217,33 +197,29 @@ def main() -> None:
             f"{len(body) / 1e6:.1f} MB ({len(body) / raw:.0%}); setup "
             f"{time.perf_counter() - started:.1f} s; median of {RUNS} runs",
         )
-        rows: list[tuple[str, float, float]] = []
+        rows: list[tuple[str, Cost, float]] = []
 
-        def add(label: str, seconds: float, nbytes: int) -> None:
-            rows.append((label, seconds, nbytes / seconds / 1e6))
+        def add(label: str, cost: Cost, nbytes: int) -> None:
+            rows.append((label, cost, nbytes / cost.wall / 1e6))
 
-        assert spool(body, work) == stream(body, work) - 2  # LICENSE, md5hashes.csv
-
-        def spool_once() -> int:
-            return spool(body, work)
-
-        def stream_once() -> int:
-            return stream(body, work)
-
-        add(
-            "(a) spool: write ZIP + unpack_zip (+MD5, headers)",
-            median_time(lambda: spool(body, work)),
-            raw,
-        )
-        add(
-            "(b) stream: inflate as it arrives (+MD5, headers)",
-            median_time(lambda: stream(body, work)),
-            raw,
-        )
+        assert spool(body, work) == stream(body, work) == len(series.instances)
+        assert reader_only(body) > raw
+        for _ in range(2):  # interleaved, so drift on a shared machine hits both alike
+            add(
+                "(a) spool: write ZIP, read back, unpack_zip (+MD5, headers)",
+                measure(lambda: spool(body, work)),
+                raw,
+            )
+            add(
+                "(b) stream: StreamUnpacker, 4 MiB batches (+MD5, headers)",
+                measure(lambda: stream(body, work)),
+                raw,
+            )
+        add("(r) ZipStreamReader alone (inflate + CRC-32)", measure(lambda: reader_only(body)), raw)
         files = sorted((work / "spool" / "files").glob("*.dcm"))
         add(
             "    header reads alone (both include them)",
-            median_time(lambda: [header(p) for p in files]),
+            measure(lambda: [header(p) for p in files]),
             raw,
         )
         members = [p.read_bytes() for p in files]
@@ -252,28 +228,30 @@ def main() -> None:
             label = f"{chunk >> 10} KiB chunks"
             add(
                 f"(c) plain open() in one thread, {label}",
-                median_time(partial(run_writes, plain_in_thread, members, w, chunk)),
+                measure(partial(run_writes, plain_in_thread, members, w, chunk)),
                 raw,
             )
             add(
                 f"(c) aiofiles, {label}",
-                median_time(partial(run_writes, aiofiles_writes, members, w, chunk)),
+                measure(partial(run_writes, aiofiles_writes, members, w, chunk)),
                 raw,
             )
         wanted = (*HEADER_KEYWORDS_ALWAYS, *KEYWORDS)
         for specific in (True, False):
-            seconds = median_time(partial(read_all, files, wanted, specific))
+            cost = measure(partial(read_all, files, wanted, specific))
             rows.append(
                 (
                     f"(d) read_header, specific_tags={'on' if specific else 'off'}"
-                    f" ({len(files) / seconds:,.0f} headers/s)",
-                    seconds,
-                    raw / seconds / 1e6,
+                    f" ({len(files) / cost.wall:,.0f} headers/s)",
+                    cost,
+                    raw / cost.wall / 1e6,
                 )
             )
-    print(f"{'what':<62} {'wall s':>8} {'MB/s':>8}")
-    for label, seconds, rate in rows:
-        print(f"{label:<62} {seconds:>8.3f} {rate:>8.0f}")
+        dd = min((dd_cost(work) for _ in range(3)), key=lambda c: c.wall)
+        rows.append(("dd of 1,000 MB to the page cache (best of 3)", dd, 1000 / dd.wall))
+    print(f"{'what':<64} {'wall s':>7} {'user s':>7} {'sys s':>7} {'MB/s':>7}")
+    for label, cost, rate in rows:
+        print(f"{label:<64} {cost.wall:>7.3f} {cost.user:>7.3f} {cost.sys:>7.3f} {rate:>7.0f}")
 
 
 if __name__ == "__main__":

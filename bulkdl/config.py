@@ -28,7 +28,7 @@ from urllib.parse import SplitResult, urlsplit
 from bulkdl.errors import InputError
 from bulkdl.sources.nbia import PRESETS
 
-DEFAULT_CONCURRENCY: Final = 4
+DEFAULT_CONCURRENCY: Final = 16
 #: Connections to one host beyond ``concurrency``: each series in flight holds one connection
 #: for its whole body, so metadata calls (sizes, headers) get two of their own instead of queueing
 #: behind hour-long downloads. A fixed cap (say 8) would silently undo ``concurrency = 32``.

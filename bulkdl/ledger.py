@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import sqlite3
 import threading
 import uuid
@@ -209,7 +210,13 @@ def _disk_fail(path: Path, exc: sqlite3.Error) -> AbortError:
         full = stats.f_bavail * stats.f_frsize < _FULL_BELOW
     except OSError:
         full = False
-    why = "the disk is full" if full else str(exc)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if full:
+        why = "the disk is full"
+    elif limit != resource.RLIM_INFINITY:
+        why = f"{exc}: a file is too large for this process's size limit (ulimit -f, {limit:,} B)"
+    else:
+        why = str(exc)
     return AbortError(
         f"ledger {path}: cannot use it: {why}; the ledger is left as it was: "
         "free some space (or fix the disk) and run again"

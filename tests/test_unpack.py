@@ -1,4 +1,4 @@
-"""unpack_zip on real NBIA-shaped ZIPs: files and bytes on disk, MD5s, headers, every refusal."""
+"""unpack_zip and StreamUnpacker on NBIA-shaped ZIPs: files on disk, MD5s, headers, each refusal."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from bulkdl.records import FetchedSeries
 from bulkdl.testing import FakeArchive, FakeNbiaServer, Fault
 from bulkdl.testing.archive import SeriesData
 from bulkdl.testing.zips import ZipVariant, build_zip, image_names
-from bulkdl.unpack import MAX_MEMBERS, parse_md5_csv, unpack_zip
+from bulkdl.unpack import MAX_MEMBERS, StreamUnpacker, parse_md5_csv, unpack_zip
 
 UID = "1.2.3.4"
 KEYWORDS = ("PatientID", "InstanceNumber")
@@ -364,7 +364,7 @@ def test_zip64_end_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_too_many_members_refused_from_end_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An end record claiming more than MAX_MEMBERS entries is refused before parsing them."""
+    """An end record claiming 1,000,001 entries (more than MAX_MEMBERS) is refused."""
     path = _zip64_end_zip(tmp_path / "x.zip", monkeypatch)
     raw = bytearray(path.read_bytes())
     at = raw.rfind(b"PK\x06\x06")
@@ -372,6 +372,55 @@ def test_too_many_members_refused_from_end_record(
     path.write_bytes(bytes(raw))
     with pytest.raises(ArchiveError, match="1,000,001 members"):
         unpack(path, tmp_path / "out")
+
+
+def test_member_count_capped_while_streaming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More members than MAX_MEMBERS are refused as they arrive, before the directory."""
+    monkeypatch.setattr("bulkdl.unpack.MAX_MEMBERS", 3)
+    zip_path = custom_zip(tmp_path / "x.zip", [(f"{n:08d}.dcm", b"x") for n in range(5)])
+    with pytest.raises(ArchiveError, match="more than the 3 members allowed"):
+        unpack(zip_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_stream_unpacker_any_chunking(small_archive: FakeArchive, tmp_path: Path) -> None:
+    """StreamUnpacker fed a getImage body in 1-byte, 1000-byte or whole pieces unpacks it all."""
+    series = small_archive.series[2]
+    body = series_zip(small_archive, tmp_path, ZipVariant(include_md5=True), 2).read_bytes()
+    for size in (1, 1000, len(body)):
+        dest = tmp_path / f"out{size}"
+        unpacker = StreamUnpacker(dest, series_uid=UID, max_total=None, inspect=header)
+        for at in range(0, len(body), size):
+            unpacker.feed(body[at : at + size])
+        fetched = unpacker.finish()
+        assert_matches_archive(fetched, small_archive, series)
+        assert fetched.declared_md5 == {f.name: f.md5 for f in fetched.files}
+
+
+def test_stream_unpacker_abort_removes_partial_files(
+    small_archive: FakeArchive, tmp_path: Path
+) -> None:
+    """abort() mid-body (a broken transfer) removes the files written so far and dest."""
+    body = series_zip(small_archive, tmp_path, ZipVariant()).read_bytes()
+    dest = tmp_path / "a" / "out"
+    unpacker = StreamUnpacker(dest, series_uid=UID, max_total=None, inspect=header)
+    unpacker.feed(body[: len(body) * 2 // 3])
+    assert list(dest.iterdir())
+    unpacker.abort()
+    unpacker.abort()
+    assert not (tmp_path / "a").exists()
+
+
+def test_stream_unpacker_truncated_body(small_archive: FakeArchive, tmp_path: Path) -> None:
+    """finish() on a body cut short raises ArchiveError and leaves nothing behind."""
+    body = series_zip(small_archive, tmp_path, ZipVariant()).read_bytes()
+    unpacker = StreamUnpacker(tmp_path / "out", series_uid=UID, max_total=None, inspect=header)
+    unpacker.feed(body[:-10])
+    with pytest.raises(ArchiveError, match="ZIP truncated"):
+        unpacker.finish()
+    assert not (tmp_path / "out").exists()
 
 
 def test_thousands_of_tiny_members(tmp_path: Path) -> None:
