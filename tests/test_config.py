@@ -47,7 +47,7 @@ def test_defaults_with_nothing_given() -> None:
     """With no file, env or flags every setting has its documented default."""
     settings = load()
     assert settings == Settings()
-    assert (settings.concurrency, settings.retries, settings.layout) == (4, 4, "default")
+    assert (settings.concurrency, settings.retries, settings.layout) == (16, 4, "default")
     assert (settings.connect_timeout, settings.read_timeout) == (30.0, 60.0)
     assert settings.progress and not settings.json and not settings.fsync
     assert settings.api_url is None and settings.out is None
@@ -74,7 +74,7 @@ def test_env_booleans_and_empty_values() -> None:
     """Env booleans accept 1/0/true/false/yes/no; an empty variable counts as unset."""
     for raw, expected in [("1", True), ("yes", True), ("TRUE", True), ("0", False), ("no", False)]:
         assert load(env={"BULKDL_ACCEPT_INCOMPLETE": raw}).accept_incomplete is expected
-    assert load(env={"BULKDL_CONCURRENCY": "  "}).concurrency == 4
+    assert load(env={"BULKDL_CONCURRENCY": "  "}).concurrency == 16
 
 
 def test_top_level_keys_and_underscores(tmp_path: Path) -> None:
