@@ -51,7 +51,7 @@ def test_defaults_with_nothing_given() -> None:
     assert (settings.connect_timeout, settings.read_timeout) == (30.0, 60.0)
     assert settings.progress and not settings.json and not settings.fsync
     assert settings.api_url is None and settings.out is None
-    assert settings.limit_per_host == 6  # concurrency + 2
+    assert settings.limit_per_host == 18  # concurrency + 2
 
 
 def test_precedence_default_toml_env_flag(tmp_path: Path) -> None:
