@@ -161,9 +161,19 @@ def measure(
     """Run ``command`` to completion and measure it (its children included)."""
     started = time.monotonic()
     process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
-    _, status, usage = os.wait4(process.pid, 0)
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:
+        # An interrupted benchmark must not leave its contender (and its children) running.
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     wall = time.monotonic() - started
     code = os.waitstatus_to_exitcode(status)
     process.returncode = code

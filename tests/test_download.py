@@ -454,7 +454,16 @@ def test_kill_9_then_rerun_gives_clean_tree(
     delay = random.Random(seed).uniform(0.6, 3.5)
     with run_in_thread(FakeNbiaServer(small_archive, bandwidth=30_000)) as running:
         proc = subprocess.Popen(
-            bulkdl_cmd("download", str(m), "--out", str(out), "--api-url", running.v4_url),
+            bulkdl_cmd(
+                "download",
+                str(m),
+                "--out",
+                str(out),
+                "--api-url",
+                running.v4_url,
+                "--concurrency",
+                "2",
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
