@@ -134,7 +134,9 @@ def assert_names_file_and_line(message: str, path: Path, text: str) -> None:
     assert message.startswith(f"{path}:"), message
     found = re.match(rf"{re.escape(str(path))}:(\d+): ", message)
     if found is not None:
-        assert 1 <= int(found.group(1)) <= text.count("\n") + 1, message
+        # Lines as the config is read (universal newlines: a lone CR ends a line too).
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").count("\n") + 1
+        assert 1 <= int(found.group(1)) <= lines, message
 
 
 @FUZZ
