@@ -38,7 +38,6 @@ from bulkdl.errors import (
     AbortError,
     BulkdlError,
     ExitCode,
-    RejectedError,
     SeriesError,
     SourceError,
     TransientError,
@@ -389,7 +388,7 @@ async def _process(run: _Run, series: Series) -> SeriesOutcome:
             )
             await anyio.sleep(delay)
             continue
-        except (RejectedError, SourceError) as exc:
+        except SourceError as exc:  # refused, unknown, auth, bad body: retrying will not help
             reason = str(exc)
             await run.db(partial(run.ledger.record_attempt, uid, reason))
             break
