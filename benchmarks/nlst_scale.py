@@ -39,7 +39,7 @@ def _mark_all_done(out: Path, v4_url: str, uids: list[str]) -> float:
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"x")
-            placed = [PlacedFile(rel, series.SeriesInstanceUID + ".1", 1, "0" * 32)]
+            placed = [PlacedFile(rel, series.SeriesInstanceUID + ".1", 1, "0" * 32, "0" * 64)]
             ledger.begin_placing(series.SeriesInstanceUID, placed)
             ledger.finish_placing(
                 series.SeriesInstanceUID,

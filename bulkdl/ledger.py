@@ -3,7 +3,7 @@
 A ledger is one SQLite file, ``DIR/.bulkdl/ledger.sqlite`` (or ``ledger-<shard>.sqlite`` for one
 Slurm array task), holding the runs, each series with its state, attempts, expected and actual
 counts and whole record (as JSON), one row per placed file (path, series and SOP UID, size, MD5;
-SHA-256 reserved for lock files), and the collections' licences. SQLite (stdlib ``sqlite3``)
+SHA-256, for lock files), and the collections' licences. SQLite (stdlib ``sqlite3``)
 gives atomic, crash-safe transactions without a server, a file users can query, and shard
 ledgers that merge by key: every row is keyed by UIDs or paths, never by a counter, and ``meta``
 carries the ``schema_version``. Durability: WAL journal, ``synchronous=NORMAL`` (a power cut may
@@ -86,14 +86,16 @@ _UPSERT = """
 # A path already recorded for the same instance (another series listing it) is taken over, as
 # the placer reuses it; a path recorded for another instance is left alone and counted short.
 _INSERT_FILE = """
-    INSERT INTO files (path, series_uid, sop_uid, size, md5) VALUES (?, ?, ?, ?, ?)
+    INSERT INTO files (path, series_uid, sop_uid, size, md5, sha256) VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (path) DO UPDATE SET series_uid = excluded.series_uid, size = excluded.size,
-        md5 = excluded.md5, sha256 = NULL
+        md5 = excluded.md5, sha256 = excluded.sha256
     WHERE files.sop_uid = excluded.sop_uid"""
 _STATE_COLUMNS = (
     "uid, state, attempts, last_error, expected_images, expected_bytes,"
     " actual_images, actual_bytes, sop_class_uid, completed_at, record_json"
 )
+# NULL (a file recorded before SHA-256 was) reads as "".
+_FILE_COLUMNS = "path, sop_uid, size, md5, coalesce(sha256, '')"
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "api_key", "apikey")
 
 _FIELDS = tuple(f.name for f in fields(Series))
@@ -574,7 +576,7 @@ class Ledger:
         A path recorded for the same SOPInstanceUID under another series passes to ``uid``. A
         path recorded for another instance raises ValueError, and nothing changes.
         """
-        rows = [(f.path, uid, f.SOPInstanceUID, f.size, f.md5) for f in files]
+        rows = [(f.path, uid, f.SOPInstanceUID, f.size, f.md5, f.sha256 or None) for f in files]
         with self._write() as tx:
             self._state(tx, uid)
             tx.execute("DELETE FROM files WHERE series_uid = ?", (uid,))
@@ -653,7 +655,7 @@ class Ledger:
 
     @staticmethod
     def _files(tx: sqlite3.Connection, uid: str | None) -> list[PlacedFile]:
-        query = "SELECT path, sop_uid, size, md5 FROM files"
+        query = f"SELECT {_FILE_COLUMNS} FROM files"
         if uid is None:
             rows = tx.execute(f"{query} ORDER BY path")
         else:
@@ -678,7 +680,7 @@ class Ledger:
         out: dict[str, list[PlacedFile]] = {}
         with self._read() as tx:
             rows = tx.execute(
-                "SELECT series_uid, path, sop_uid, size, md5 FROM files ORDER BY series_uid, path"
+                f"SELECT series_uid, {_FILE_COLUMNS} FROM files ORDER BY series_uid, path"
             )
             for series_uid, *rest in rows:
                 out.setdefault(series_uid, []).append(PlacedFile(*rest))
@@ -690,7 +692,7 @@ class Ledger:
         with self._read() as tx:
             # '/' + 1 == '0': the range is every path starting with the prefix, by the index
             rows = tx.execute(
-                "SELECT path, sop_uid, size, md5 FROM files WHERE path >= ? AND path < ?",
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE path >= ? AND path < ?",
                 (prefix, f"{folder}0" if folder else "\U0010ffff"),
             )
             return [PlacedFile(*row) for row in rows if "/" not in row[0][len(prefix) :]]

@@ -103,7 +103,9 @@ class Placer:
                     candidate = path.parent / dedupe_name(path.name, key)
                 rel = candidate.as_posix()
                 mine[rel] = sop
-                moves.append(Move(staged.path, PlacedFile(rel, sop, staged.size, staged.md5)))
+                moves.append(
+                    Move(staged.path, PlacedFile(rel, sop, staged.size, staged.md5, staged.sha256))
+                )
             self._claimed.update(mine)
         return moves
 

@@ -192,15 +192,16 @@ class StagedFile:
     """One file of a fetched series, waiting in the staging area under ``DIR/.bulkdl/``.
 
     ``name`` is what the source called it (a ZIP member name such as ``00000001.dcm``); it is
-    only ever compared and reported, never used as a path. ``md5`` was computed while the file
-    was written; ``header`` holds the DICOM keywords read from it (string values), or None when
-    the file is not DICOM.
+    only ever compared and reported, never used as a path. ``md5`` and ``sha256`` (for lock
+    files) were computed while the file was written; ``header`` holds the DICOM keywords read
+    from it (string values), or None when the file is not DICOM.
     """
 
     name: str
     path: Path
     size: int
     md5: str
+    sha256: str
     header: Mapping[str, str] | None
 
 
@@ -220,9 +221,13 @@ class FetchedSeries:
 
 @dataclass(frozen=True, slots=True)
 class PlacedFile:
-    """One file in the output tree, as the ledger records it (``path`` relative, POSIX)."""
+    """One file in the output tree, as the ledger records it (``path`` relative, POSIX).
+
+    ``sha256`` is empty for files recorded by a ledger older than the column's first use.
+    """
 
     path: str
     SOPInstanceUID: str
     size: int
     md5: str
+    sha256: str

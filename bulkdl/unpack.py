@@ -149,6 +149,7 @@ class StreamUnpacker:
         self._path: Path | None = None
         self._out: BinaryIO | None = None
         self._digest = hashlib.md5(usedforsecurity=False)
+        self._sha256 = hashlib.sha256()
         self._size = 0
         self._parts: list[bytes] = []
 
@@ -258,6 +259,7 @@ class StreamUnpacker:
             self._path = path
             self._out = path.open("wb")
             self._digest = hashlib.md5(usedforsecurity=False)
+            self._sha256 = hashlib.sha256()
 
     def _data(self, data: bytes) -> None:
         self._size += len(data)
@@ -270,6 +272,7 @@ class StreamUnpacker:
                     "for the series' images"
                 )
             self._digest.update(data)
+            self._sha256.update(data)
             assert self._out is not None
             self._out.write(data)
         elif kind == _LICENSE:
@@ -291,7 +294,14 @@ class StreamUnpacker:
             out.close()
             header = self._inspect(path)
             self._files.append(
-                StagedFile(self._name, path, self._size, self._digest.hexdigest(), header)
+                StagedFile(
+                    self._name,
+                    path,
+                    self._size,
+                    self._digest.hexdigest(),
+                    self._sha256.hexdigest(),
+                    header,
+                )
             )
         elif kind == _LICENSE:
             self._license = b"".join(self._parts).decode("utf-8", errors="replace")

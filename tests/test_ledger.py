@@ -50,7 +50,7 @@ RICH = Series(
 def planned(uid: str, count: int) -> list[PlacedFile]:
     """``count`` files of series ``uid`` as the placer would plan them."""
     return [
-        PlacedFile(f"P/{uid[-6:]}/{i:04d}.dcm", f"{uid}.{i}", 1000 + i, f"{i:032x}")
+        PlacedFile(f"P/{uid[-6:]}/{i:04d}.dcm", f"{uid}.{i}", 1000 + i, f"{i:032x}", f"{i:064x}")
         for i in range(count)
     ]
 
@@ -306,7 +306,7 @@ def test_begin_placing_replaces_earlier_rows(ledger: Ledger) -> None:
     """Placing a series again leaves only the newly planned rows."""
     ledger.upsert_resolved([Series(U1)])
     place(ledger, U1, 3)
-    again = [PlacedFile("new/0.dcm", "1.9", 10, "0" * 32)]
+    again = [PlacedFile("new/0.dcm", "1.9", 10, "0" * 32, "0" * 64)]
     ledger.begin_placing(U1, again)
     assert ledger.files(U1) == again
     assert ledger.owner_of(planned(U1, 1)[0].path) is None
@@ -317,7 +317,7 @@ def test_a_path_of_another_instance_is_refused_unchanged(ledger: Ledger) -> None
     ledger.upsert_resolved([Series(U1), Series(U2)])
     taken = place(ledger, U1, 1)[0]
     with pytest.raises(ValueError, match="already holds instance"):
-        ledger.begin_placing(U2, [PlacedFile(taken.path, "7.7.7", 1, "f" * 32)])
+        ledger.begin_placing(U2, [PlacedFile(taken.path, "7.7.7", 1, "f" * 32, "f" * 64)])
     assert ledger.states([U2])[U2].state == "pending"
     assert ledger.owner_of(taken.path) == (U1, taken.SOPInstanceUID)
 
@@ -339,7 +339,7 @@ from bulkdl.ledger import Ledger
 from bulkdl.records import PlacedFile, Series
 ledger = Ledger.open(Path(sys.argv[1]))
 ledger.upsert_resolved([Series(sys.argv[2])])
-files = [PlacedFile(f"a/{i}.dcm", f"1.{i}", i, "0" * 32) for i in range(3)]
+files = [PlacedFile(f"a/{i}.dcm", f"1.{i}", i, "0" * 32, "0" * 64) for i in range(3)]
 ledger.begin_placing(sys.argv[2], files)
 os._exit(9)  # die mid-placement: no finish, no close, no checkpoint
 """
@@ -352,7 +352,9 @@ def test_crash_while_placing_is_taken_back(tmp_path: Path) -> None:
     with Ledger.open(tmp_path) as ledger:
         assert ledger.states()[U1].state == "placing"
         abandoned = ledger.abandon_placing(U1)
-        assert abandoned == [PlacedFile(f"a/{i}.dcm", f"1.{i}", i, "0" * 32) for i in range(3)]
+        assert abandoned == [
+            PlacedFile(f"a/{i}.dcm", f"1.{i}", i, "0" * 32, "0" * 64) for i in range(3)
+        ]
         assert ledger.states()[U1].state == "pending"
         assert ledger.files() == []
         assert ledger.abandon_placing(U1) == []

@@ -77,6 +77,7 @@ def assert_matches_archive(
         assert f.path.read_bytes() == original
         assert f.size == len(original) == inst.size
         assert f.md5 == inst.md5 == hashlib.md5(original).hexdigest()
+        assert f.sha256 == hashlib.sha256(original).hexdigest()
         assert f.header is not None
         assert f.header["SOPInstanceUID"] == inst.sop_uid
         assert f.header["SeriesInstanceUID"] == series.uid

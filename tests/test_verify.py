@@ -16,7 +16,9 @@ SERIES = "1.2.4"
 
 def staged(n: int, *, size: int = 100, series: str = SERIES, sop: str | None = None) -> StagedFile:
     header = {"SeriesInstanceUID": series, "SOPInstanceUID": sop or f"9.{n}"}
-    return StagedFile(f"{n:08d}.dcm", Path(f"/s/{n:06d}.dcm"), size, f"{n:032x}", header)
+    return StagedFile(
+        f"{n:08d}.dcm", Path(f"/s/{n:06d}.dcm"), size, f"{n:032x}", f"{n:064x}", header
+    )
 
 
 def files(count: int) -> tuple[StagedFile, ...]:
@@ -58,7 +60,7 @@ def test_more_images_than_expected() -> None:
 
 def test_non_dicom_member() -> None:
     """A member whose header is None is named as not DICOM and not counted as an image."""
-    got = (*files(2), StagedFile("00000007.dcm", Path("/s/x"), 5, "0" * 32, None))
+    got = (*files(2), StagedFile("00000007.dcm", Path("/s/x"), 5, "0" * 32, "0" * 64, None))
     verdict = verify_series(Series(SERIES, ImageCount=2, FileSize=200), FetchedSeries(got))
     assert verdict.problems == ("00000007.dcm is not a DICOM file",)
     assert (verdict.images, verdict.bytes) == (2, 200)
@@ -109,7 +111,7 @@ def test_wrong_series_uid() -> None:
 
 def test_missing_uids() -> None:
     """A DICOM file without SeriesInstanceUID or SOPInstanceUID is a problem."""
-    got = (StagedFile("00000001.dcm", Path("/s/1"), 10, "0" * 32, {}),)
+    got = (StagedFile("00000001.dcm", Path("/s/1"), 10, "0" * 32, "0" * 64, {}),)
     verdict = verify_series(Series(SERIES, ImageCount=1), FetchedSeries(got))
     assert verdict.problems == (
         "00000001.dcm has no SeriesInstanceUID",
