@@ -4,6 +4,13 @@ Throughput against bulkdl's ``--concurrency``, and each tool at its default sett
 data. The ideal for N connections is N x the per-connection cap (the link itself, loopback, is
 not the limit); throughput is ZIP bytes moved per second of the whole command, start-up and
 metadata calls included.
+
+With as many series as connections, every series starts and ends together and the fixed costs
+(start-up, the delayed metadata call, the last series' tail) are a third of a run of a few
+seconds. So the ">= 90 % of the ideal" target is measured on a sustained download instead:
+``steady_series`` series of ``steady_images`` images (several series per connection), at
+bulkdl's defaults. The other tools are compared on the small dataset, as they would take many
+minutes on the large one.
 """
 
 from __future__ import annotations
@@ -19,7 +26,13 @@ DEFAULT_TCIA_UTILS_WORKERS = 10
 DEFAULT_NBIATOOLKIT_PARALLEL = 1
 
 
-def run(ctx: Context, series: int = 16, images: int = 60) -> Section:
+def run(
+    ctx: Context,
+    series: int = 16,
+    images: int = 60,
+    steady_series: int = 48,
+    steady_images: int = 120,
+) -> Section:
     """The distant-server scenario."""
     runs = min(ctx.runs, 2)
     section = Section(
@@ -93,15 +106,25 @@ def run(ctx: Context, series: int = 16, images: int = 60) -> Section:
                 "getImageWithMD5Hash?",
                 DEFAULT_NBIATOOLKIT_PARALLEL,
             )
-    ours = rates["bulkdl (defaults)"]
-    ideal = min(DEFAULT_CONCURRENCY, series) * CAP
+    steady = ["--patients", str(steady_series), "--series", "1", "--images", str(steady_images)]
+    with ctx.server(*steady, network=network) as (server, manifest, _):
+        out = ctx.work / "out"
+        measure(
+            f"bulkdl (defaults), sustained: {steady_series} x {steady_images} images",
+            bulkdl_download(manifest, out, server.v4_url),
+            "getImage?IncludeMD5=Yes&",
+            DEFAULT_CONCURRENCY,
+        )
+    sustained = rates[f"bulkdl (defaults), sustained: {steady_series} x {steady_images} images"]
+    ideal = min(DEFAULT_CONCURRENCY, steady_series) * CAP
     section.targets.append(
         Target(
-            "bulkdl at defaults >= 90 % of the ideal",
-            ours >= 0.9 * ideal,
-            f"{ours / 1e6:.1f} of {ideal / 1e6:.1f} MB/s: {ours / ideal:.0%}",
+            "bulkdl at defaults >= 90 % of the ideal, sustained",
+            sustained >= 0.9 * ideal,
+            f"{sustained / 1e6:.1f} of {ideal / 1e6:.1f} MB/s: {sustained / ideal:.0%}",
         )
     )
+    ours = rates["bulkdl (defaults)"]
     for name, factor in (
         ("tcia_utils (defaults: max_workers=10)", 1.5),
         ("nbiatoolkit (defaults: nParallel=1)", 5.0),

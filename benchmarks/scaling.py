@@ -1,0 +1,60 @@
+"""Linear cost: doubling the series count, or the size of each series, doubles bulkdl's time.
+
+Three datasets from one ``bulkdl serve-fake`` shape on 127.0.0.1: a base of ``series`` series of
+``images`` CT images, the same with twice the series, and the same with twice the images per
+series. bulkdl (defaults) downloads each; the median wall and CPU time of ``runs`` runs of each
+are compared with the base. The target: each ratio within 15 % of 2. Start-up (imports, the
+metadata call, the ledger) is a fixed cost, so the base is sized to take several seconds.
+"""
+
+from __future__ import annotations
+
+from harness import Context, bulkdl_download, emptied, median, repeat
+from report import Section, Target
+
+TOLERANCE = 0.15
+
+
+def run(ctx: Context, series: int = 8, images: int = 60) -> Section:
+    """The scaling scenario."""
+    section = Section(
+        "6. Linear scaling",
+        f"bulkdl (defaults) on loopback: {series} series x {images} CT images 512x512, then "
+        f"twice the series, then twice the images per series; median of {ctx.runs} runs each.",
+    )
+    shapes = {
+        "base": (series, images),
+        "2x series": (2 * series, images),
+        "2x images per series": (series, 2 * images),
+    }
+    walls: dict[str, float] = {}
+    cpus: dict[str, float] = {}
+    for name, (count, per) in shapes.items():
+        spec = ["--patients", str(count), "--series", "1", "--images", str(per)]
+        with ctx.server(*spec) as (server, manifest, _):
+            out = ctx.work / "out"
+            command = bulkdl_download(manifest, out, server.v4_url)
+            runs = repeat(ctx.runs, emptied(out), lambda c=command: c, cwd=ctx.work)
+        walls[name] = median([r.wall for r in runs])
+        cpus[name] = median([r.cpu for r in runs])
+        section.rows.append(
+            {
+                "dataset": f"{name} ({count} x {per})",
+                "wall s": round(walls[name], 2),
+                "CPU s": round(cpus[name], 2),
+                "wall / base": round(walls[name] / walls["base"], 2),
+                "CPU / base": round(cpus[name] / cpus["base"], 2),
+                "failed runs": sum(1 for r in runs if r.code != 0),
+            }
+        )
+        ctx.echo(section.rows[-1])
+    for name in ("2x series", "2x images per series"):
+        ratio = walls[name] / walls["base"]
+        section.targets.append(
+            Target(
+                f"{name}: wall time x2 within {TOLERANCE:.0%}",
+                abs(ratio - 2) <= 2 * TOLERANCE,
+                f"x{ratio:.2f}",
+            )
+        )
+    return section
