@@ -2,15 +2,22 @@
 
 Time and peak RSS to resolve and plan (``--dry-run``), and of a re-run when every series is
 already done. The done state is made directly through the ledger (one small file per series in
-its folder) since the metadata-only server has no images to send.
+its folder, the folder's mtime recorded as a placement records it) since the metadata-only
+server has no images to send; the re-run is a plain ``bulkdl download``.
+
+Run alone at several sizes: ``python benchmarks/nlst_scale.py --series 20000,200000``.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
-from harness import Context, bulkdl_download, measure
+from harness import ROOT, Context, Measure, bulkdl_download, measure
 from report import Section, Target
 
 PLAN_LIMIT_S, RERUN_LIMIT_S, RSS_LIMIT_MB = 30.0, 20.0, 500.0
@@ -32,13 +39,16 @@ def _mark_all_done(out: Path, v4_url: str, uids: list[str]) -> float:
     started = time.monotonic()
     found = anyio.run(resolve)
     (out / ".bulkdl").mkdir(parents=True, exist_ok=True)
+    folders = []
     with Ledger.open(out) as ledger:
         ledger.upsert_resolved(found)
         for series in found:
-            rel = f"{series.PatientID}/{series.SeriesInstanceUID}/1.dcm"
+            folder = f"{series.PatientID}/{series.SeriesInstanceUID}"
+            rel = f"{folder}/1.dcm"
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"x")
+            folders.append((folder, os.stat(path.parent).st_mtime_ns))
             placed = [PlacedFile(rel, series.SeriesInstanceUID + ".1", 1, "0" * 32, "0" * 64)]
             ledger.begin_placing(series.SeriesInstanceUID, placed)
             ledger.finish_placing(
@@ -48,7 +58,19 @@ def _mark_all_done(out: Path, v4_url: str, uids: list[str]) -> float:
                 incomplete=False,
                 sop_class_uid=None,
             )
+        # The re-run checks each folder's mtime against these, as after real placements.
+        ledger.record_folders(folders)
     return time.monotonic() - started
+
+
+def _row(step: str, m: Measure) -> dict[str, object]:
+    return {
+        "step": step,
+        "wall s": round(m.wall, 1),
+        "CPU s": round(m.cpu, 1),
+        "peak RSS MB": round(m.rss_mb),
+        "exit": m.code,
+    }
 
 
 def run(ctx: Context, patients: int = 20000, series_per_patient: int = 10) -> Section:
@@ -56,39 +78,26 @@ def run(ctx: Context, patients: int = 20000, series_per_patient: int = 10) -> Se
     total = patients * series_per_patient
     section = Section(
         "5. NLST scale",
-        f"A {total:,}-series manifest; `serve-fake --metadata-only`; one run each.",
+        f"A {total:,}-series manifest; `serve-fake --metadata-only`; one run each. A fetch in the "
+        "re-run would fail (the server has no images), so its exit 0 says nothing was fetched.",
     )
     spec = ["--metadata-only", "--patients", str(patients), "--series", str(series_per_patient)]
     with ctx.server(*spec, variants=()) as (server, manifest, uids):
         out = ctx.work / "out"
         plan = measure(bulkdl_download(manifest, out, server.v4_url, "--dry-run"), cwd=ctx.work)
-        section.rows.append(
-            {
-                "step": "resolve + plan (--dry-run)",
-                "wall s": round(plan.wall, 1),
-                "peak RSS MB": round(plan.rss_mb),
-                "exit": plan.code,
-            }
-        )
+        section.rows.append(_row("resolve + plan (--dry-run)", plan))
         ctx.echo(section.rows[-1])
         setup = _mark_all_done(out, server.v4_url, uids)
         rerun = measure(bulkdl_download(manifest, out, server.v4_url), cwd=ctx.work)
-        section.rows.append(
-            {
-                "step": "re-run, all done",
-                "wall s": round(rerun.wall, 1),
-                "peak RSS MB": round(rerun.rss_mb),
-                "exit": rerun.code,
-            }
-        )
+        section.rows.append(_row("re-run, all done", rerun))
         ctx.echo(section.rows[-1])
         section.notes.append(f"(Making the done state took {setup:.0f} s, outside the figures.)")
     section.targets += [
         Target(f"plan <= {PLAN_LIMIT_S:.0f} s", plan.wall <= PLAN_LIMIT_S, f"{plan.wall:.1f} s"),
         Target(
             f"all-done re-run <= {RERUN_LIMIT_S:.0f} s",
-            rerun.wall <= RERUN_LIMIT_S,
-            f"{rerun.wall:.1f} s",
+            rerun.wall <= RERUN_LIMIT_S and rerun.code == 0,
+            f"{rerun.wall:.1f} s, exit {rerun.code}",
         ),
         Target(
             f"peak RSS <= {RSS_LIMIT_MB:.0f} MB",
@@ -97,3 +106,20 @@ def run(ctx: Context, patients: int = 20000, series_per_patient: int = 10) -> Se
         ),
     ]
     return section
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--series", default="200000", help="comma-separated totals")
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-archives")
+    args = parser.parse_args()
+    for total in (int(n) for n in args.series.split(",")):
+        work = Path(tempfile.mkdtemp(prefix="bulkdl-nlst-"))
+        try:
+            print(run(Context(work, args.cache, 1, None), patients=total // 10).markdown())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

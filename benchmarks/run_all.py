@@ -5,7 +5,10 @@ Usage (``make bench`` does this with the other tools' virtualenv):
 
 Scenarios: loopback throughput against curl+unzip, tcia_utils and nbiatoolkit; a distant server
 (per-connection bandwidth cap and first-byte delay); one big series (peak RSS); many small series
-(series per second); NLST scale (200,000 series: plan, all-done re-run, RSS). Each prints its rows
+(series per second); NLST scale (200,000 series: plan, all-done re-run, RSS); linear scaling
+(twice the series, twice the images); organize (files per second of ``bulkdl organize`` and of its
+header reading against plain pydicom loops); Slurm job arrays (1, 2 and 4 array tasks on a local
+one-node Slurm against a per-connection cap). Each prints its rows
 as it goes; RESULTS.md gets the tables, the targets met or not, the machine, date and command.
 """
 
@@ -27,6 +30,9 @@ import big_series  # noqa: E402
 import distant  # noqa: E402
 import loopback  # noqa: E402
 import nlst_scale  # noqa: E402
+import organize_files  # noqa: E402
+import scaling  # noqa: E402
+import slurm_scaling  # noqa: E402
 import small_series  # noqa: E402
 from harness import ROOT, Context  # noqa: E402
 
@@ -36,6 +42,9 @@ SCENARIOS = {
     "big": big_series.run,
     "small": small_series.run,
     "nlst": nlst_scale.run,
+    "organize": organize_files.run,
+    "scaling": scaling.run,
+    "slurm": slurm_scaling.run,
 }
 DECISIONS = HERE / "DECISIONS.md"
 

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from bulkdl.errors import BulkdlError, ExitCode, InputError
 from bulkdl.output import OutputFormat, write_records
 from bulkdl.query import Listing, QueryRequest, run_query
 from bulkdl.records import Series
+from bulkdl.shard import parse_shard
 from bulkdl.sources.auth import load_credentials
 from bulkdl.sources.http import HttpSettings
 from bulkdl.sources.nbia import PRESETS, SeriesQuery, api_version, resolve_base_url
@@ -206,11 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="*",
         metavar="INPUT",
-        help="manifests (.tcia, .csv/.tsv, .txt, .json) or '-' for stdin",
+        help="manifests (.tcia, .csv/.tsv, .txt, .json), a bulkdl lock file, or '-' for stdin",
     )
     download.add_argument("--out", type=Path, metavar="DIR", help="output folder (env BULKDL_OUT)")
     _add_api(download)
     _add_filters(download)
+    _add_shard(download)
     tuning = download.add_argument_group("settings (also from --config and BULKDL_* variables)")
     tuning.add_argument("--config", type=Path, metavar="FILE", help="TOML settings")
     tuning.add_argument("--concurrency", type=int, metavar="N", help="series in flight at once")
@@ -244,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument(
         "--fsync", action="store_true", default=None, help="fsync every file as it is placed"
     )
+    tuning.add_argument(
+        "--staging",
+        type=Path,
+        metavar="PATH",
+        help="download, unpack and verify in a private folder under PATH (e.g. node-local "
+        "$TMPDIR; env BULKDL_STAGING), then move each verified series into the tree",
+    )
+    tuning.add_argument(
+        "--pack",
+        choices=("zip", "tar"),
+        help="keep each verified series as one archive file (SERIES-FOLDER.zip or .tar) "
+        "instead of a file per instance (env BULKDL_PACK)",
+    )
 
     status = commands.add_parser(
         "status",
@@ -253,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("out", type=Path, metavar="DIR")
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    from bulkdl import lockcli  # lock, verify, diff, build: imports this module's helpers
+
+    lockcli.add_commands(commands, common)
+
+    _add_organize(commands, common)
+
+    from bulkdl import slurmcli  # slurm, finalize: imports this module's helpers
+
+    slurmcli.add_commands(commands, common)
 
     demo = commands.add_parser(
         "demo",
@@ -296,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: The only destinations argparse may fill with a list (nargs="*").
-_LIST_DESTS = frozenset({"inputs"})
+#: The only destinations argparse may fill with a list (nargs="*", or "append").
+_LIST_DESTS = frozenset({"inputs", "sources", "sbatch"})
 
 
 def parse_args(
@@ -384,6 +410,8 @@ _SETTING_FLAGS = (
     "fsync",
     "insecure",
     "ca_bundle",
+    "staging",
+    "pack",
 )
 
 
@@ -400,6 +428,8 @@ async def _download(args: argparse.Namespace) -> int:
 
     settings = load_settings(flags=setting_flags(args), config_file=args.config, env=os.environ)
     selection = selection_of(args.inputs, _filters(args))
+    if args.shard is not None:
+        selection = replace(selection, shard=parse_shard(args.shard, os.environ))
     if settings.insecure:
         print(INSECURE_WARNING, file=sys.stderr)
     with make_reporter(
@@ -411,8 +441,10 @@ async def _download(args: argparse.Namespace) -> int:
     if settings.dry_run:
         _print_plan(result.planned, result.count("skipped"))
     if not settings.json:
-        failures = result.out / "failures.csv"
-        print(summary_text(result.finished, failures_file=str(failures)), file=sys.stderr)
+        failures = str(result.out / "failures.csv")
+        if selection.shard is not None:
+            failures += f" (once 'bulkdl finalize {result.out}' has run)"
+        print(summary_text(result.finished, failures_file=failures), file=sys.stderr)
         print(f"tree: {result.out}", file=sys.stderr)
     return result.exit_code
 
@@ -433,6 +465,80 @@ def _status(args: argparse.Namespace) -> int:
     from bulkdl.status import print_status
 
     return print_status(args.out, as_json=args.json)
+
+
+def _add_organize(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    organize = commands.add_parser(
+        "organize",
+        parents=[common],
+        help="lay out DICOM files already on disk (folders, ZIPs) as a bulkdl tree, or "
+        "re-lay a tree in place",
+        description="Place the DICOM files of SRC folders and ZIPs into DIR with the layout, "
+        "the way a download places them (sanitized paths, collisions, atomic moves, ledger); "
+        "files that are not DICOM are listed and left where they are. 'bulkdl organize DIR "
+        "--layout NEW' re-lays the bulkdl tree DIR in place. Exit 0 all placed, 1 some files "
+        "failed, 2 bad input, 3 aborted, 130 interrupted.",
+    )
+    organize.add_argument(
+        "sources",
+        nargs="+",
+        type=Path,
+        metavar="SRC",
+        help="folders and ZIPs of DICOM files (without --out: the bulkdl tree to re-lay)",
+    )
+    organize.add_argument("--out", type=Path, metavar="DIR", help="the tree to place files in")
+    organize.add_argument(
+        "--layout", metavar="TEMPLATE", help="path template or preset (env BULKDL_LAYOUT)"
+    )
+    how = organize.add_mutually_exclusive_group()
+    for flag, text in (
+        ("--copy", "copy each file (the default; sources untouched)"),
+        ("--move", "move each file, removing the source once its series is recorded"),
+        ("--link", "hard-link each file (no space used; SRC and DIR on one filesystem)"),
+    ):
+        how.add_argument(flag, dest="mode", action="store_const", const=flag[2:], help=text)
+    organize.add_argument(
+        "--dry-run", action="store_true", help="print the plan (source -> target); write nothing"
+    )
+    organize.add_argument(
+        "--collection", metavar="NAME", help="Collection of series nothing else names"
+    )
+    organize.add_argument(
+        "--workers", type=int, default=8, metavar="N", help="threads reading and copying files"
+    )
+    _add_shard(organize)
+
+
+def _add_shard(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shard",
+        metavar="K/N|slurm",
+        help="only the series of shard K of N (K from 0; by a hash of SeriesInstanceUID), with "
+        "the shard's own ledger and no metadata.csv (run 'bulkdl finalize DIR' after the "
+        "last shard); 'slurm': this Slurm array task's shard",
+    )
+
+
+def _organize(args: argparse.Namespace) -> int:
+    from bulkdl.organize import print_report, run
+
+    if args.workers < 1:
+        raise InputError(f"--workers must be 1 or more, not {args.workers}")
+    report = run(
+        args.sources,
+        args.out,
+        args.layout,
+        mode=args.mode or "copy",
+        dry_run=args.dry_run,
+        collection=args.collection,
+        workers=args.workers,
+        shard=parse_shard(args.shard, os.environ) if args.shard is not None else None,
+    )
+    print_report(report, args.out or args.sources[0], sys.stdout, sys.stderr)
+    return report.exit_code
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -496,6 +602,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(_download, args)
         if args.command == "status":
             return _status(args)
+        if args.command in ("lock", "verify", "diff", "build"):
+            from bulkdl import lockcli
+
+            return lockcli.run(args)
+        if args.command == "organize":
+            return _organize(args)
+        if args.command in ("slurm", "finalize"):
+            from bulkdl import slurmcli
+
+            return slurmcli.run(args)
         from bulkdl.demo import run_demo
 
         return run_demo(args.out)

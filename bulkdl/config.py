@@ -42,7 +42,10 @@ class Settings:
     ``api_url`` None means "not set": :func:`bulkdl.sources.nbia.resolve_base_url` picks the
     default. ``limit_per_host`` 0 (the default) means ``concurrency + 2``, filled in on
     construction, so readers always see a positive number. ``fsync`` False: files are flushed to
-    disk only when a series is committed, not per file. Construction checks every range (raising
+    disk only when a series is committed, not per file. ``staging`` None: downloads are staged
+    under ``out/.bulkdl/``; a folder (node-local ``$TMPDIR``): in a private folder made inside it
+    for the run. ``pack`` None: a file per instance; ``"zip"`` or ``"tar"``: one archive per
+    series. Construction checks every range (raising
     InputError naming ``settings``), so a hand-built Settings is as valid as a loaded one.
     """
 
@@ -63,6 +66,8 @@ class Settings:
     fsync: bool = False
     insecure: bool = False
     ca_bundle: Path | None = None
+    staging: Path | None = None
+    pack: str | None = None
 
     def __post_init__(self) -> None:
         for name in SETTING_NAMES:
@@ -98,6 +103,8 @@ ENV_VARS: Final[Mapping[str, str]] = {
     # The standard OpenSSL variable first, so that bulkdl's own wins when both are set.
     "SSL_CERT_FILE": "ca_bundle",
     "BULKDL_CA_BUNDLE": "ca_bundle",
+    "BULKDL_STAGING": "staging",
+    "BULKDL_PACK": "pack",
 }
 
 #: Keys refused anywhere in a config file: credentials have their own, safer, channels.
@@ -132,7 +139,9 @@ _FLOATS: Final = frozenset({"connect_timeout", "read_timeout"})
 _BOOLS: Final = frozenset(
     {"accept_incomplete", "dry_run", "progress", "json", "new_file_names", "fsync", "insecure"}
 )
-_PATHS: Final = frozenset({"out", "ca_bundle"})
+_PATHS: Final = frozenset({"out", "ca_bundle", "staging"})
+#: What ``pack`` may be: the archive kinds of :mod:`bulkdl.archive`.
+PACK_KINDS: Final = ("zip", "tar")
 #: API URL schemes accepted (preset names aside).
 _URL_SCHEMES: Final = frozenset({"http", "https"})
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -217,6 +226,31 @@ def _from_toml(path: Path) -> dict[str, object]:
     return values
 
 
+def settings_in_table(table: Mapping[str, object], path: Path, text: str) -> dict[str, object]:
+    """The settings of one table of TOML file ``path`` (``text``, its content, gives line
+    numbers), checked as a ``--config`` file's are: known names only, each once, no secrets,
+    typed values in range, relative paths from the file's folder. For files that hold settings
+    beside other things, such as dataset specs. Raises InputError naming ``path:line``."""
+
+    def where(key: str) -> str:
+        line = _key_line(text, key)
+        return f"{path}:{line}" if line is not None else str(path)
+
+    _refuse_secrets(table, where)
+    values: dict[str, object] = {}
+    seen: dict[str, str] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in SETTING_NAMES:
+            known = ", ".join(n.replace("_", "-") for n in SETTING_NAMES)
+            raise InputError(f"{where(key)}: unknown setting {key!r} (known: {known})")
+        if name in seen:
+            raise InputError(f"{where(key)}: {key!r} is set twice (also as {seen[name]!r})")
+        seen[name] = key
+        values[name] = _coerce(name, value, where(key), key, base=path.parent, parse=False)
+    return values
+
+
 def _refuse_secrets(table: Mapping[str, object], where: Callable[[str], str]) -> None:
     for key, value in table.items():
         if key.lower().replace("-", "_") in SECRET_KEYS:
@@ -263,6 +297,8 @@ def _coerce(
         typed = base / path if base is not None and not path.is_absolute() else path
         if name == "ca_bundle" and not typed.is_file():
             raise InputError(f"{source}: {key}: no such file: {str(typed)!r}")
+        if name == "staging" and not typed.is_dir():
+            raise InputError(f"{source}: {key}: no such folder: {str(typed)!r}")
     else:
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{source}: {key}: not a non-empty string: {value!r}")
@@ -318,6 +354,8 @@ def _check(name: str, value: object, source: str, key: str) -> None:
             raise InputError(f"{source}: {key} must be true or false, got {value!r}")
     elif name == "api_url" and value is not None:
         _check_api_url(value, source, key)
+    elif name == "pack" and value is not None and value not in PACK_KINDS:
+        raise InputError(f"{source}: {key} must be zip or tar, got {value!r}")
     elif name == "layout" and (not isinstance(value, str) or not value.strip()):
         raise InputError(f"{source}: {key} must be a template or preset name, got {value!r}")
     elif name in _PATHS and value is not None and not isinstance(value, Path):

@@ -17,7 +17,8 @@ code, never a traceback. No I/O here.
     │   └── AuthError         credentials missing or refused
     ├── SeriesError           one series' attempt went wrong: refetch it, then fail it
     │   ├── ArchiveError      the body is not a usable archive (not a ZIP, truncated, CRC, hostile)
-    │   └── VerificationError the files do not match what the archive promised (count, MD5, UID)
+    │   ├── VerificationError the files do not match what the archive promised (count, MD5, UID)
+    │   └── PlacementConflict another writer's file appeared where one of ours was to go
     └── AbortError            the run cannot go on: disk full, output unwritable, bad ledger (3)
 """
 
@@ -114,6 +115,12 @@ class ArchiveError(SeriesError):
 
 class VerificationError(SeriesError):
     """The series' files disagree with what the archive promised (image count, MD5, UIDs)."""
+
+
+class PlacementConflict(SeriesError):
+    """A file appeared at a planned path after planning (another shard writing the same
+    folders): nothing of the series was moved into the tree. Plan the series again; the new
+    plan sees the file and names ours around it."""
 
 
 class AbortError(BulkdlError):

@@ -9,7 +9,7 @@ Template grammar::
 
     template    := component ("/" component)*
     component   := (literal | placeholder)+          never empty, never "." or ".."
-    placeholder := "{" Keyword ("|" filter)* "}"      Keyword: [A-Za-z][A-Za-z0-9]*
+    placeholder := "{" Keyword ("|" filter)* "}"      Keyword: [A-Za-z][A-Za-z0-9_]*
     filter      := name | name "(" argument ")"       argument: any text but ")", "{", "}"
     literal     := text, with "{{" and "}}" for literal braces
 
@@ -18,6 +18,10 @@ replacement, ``date``'s format) may not hold ``\\``, control or bidi characters,
 a component may not start with ``.``, end with ``.`` or a space, or be a Windows device name.
 :meth:`Layout.parse` raises :class:`~bulkdl.errors.InputError` naming the template and the
 column of the first problem.
+
+Keywords are DICOM keywords (study, series and instance level, read from each file's header)
+and TCIA's fields (``Collection``...), plus one derived value: ``collection_id``, IDC's name for
+a collection, ``Collection`` through the ``snake`` filter (``LIDC-IDRI`` -> ``lidc_idri``).
 
 Filters run left to right on the value (DICOM padding, i.e. surrounding spaces and NULs, is
 stripped first). An empty value passes through every filter unchanged except ``default``:
@@ -29,11 +33,22 @@ stripped first). An empty value passes through every filter unchanged except ``d
   a date is kept. ``{StudyDate|date(%m-%d-%Y)}``: ``20000101`` -> ``01-01-2000``
 - ``default(TEXT)``: TEXT when the value is empty; ``default()`` keeps it empty (no fallback).
   ``{StudyID|default(NA)}``: ``""`` -> ``NA``
+- ``omit(TEXT)``: empty when the value is exactly TEXT. ``{StudyID|omit(null)}``: ``null`` -> ``""``
 - ``lower``, ``upper``: ``{Modality|lower}``: ``CT`` -> ``ct``
+- ``snake``: lower case, every run of other characters than letters and digits one ``_``.
+  ``{Collection|snake}``: ``NSCLC Radiomics-Genomics`` -> ``nsclc_radiomics_genomics``
 - ``int``: a decimal number cut to its integer part; anything else is kept.
   ``{SeriesNumber|int}``: ``500.000000`` -> ``500``
+- ``decimal(N)``: a number written with N decimals (rounded half up); anything else is kept.
+  ``{SeriesNumber|decimal(6)}``: ``3000566`` -> ``3000566.000000``
 - ``pad(N)``: an integer zero-padded to N digits; anything else is kept.
   ``{InstanceNumber|pad(4)}``: ``7`` -> ``0007``
+- ``padmax``: an integer (leading zeros and ``+`` dropped) zero-padded to the width of the
+  longest such value of the same placeholder across the file's series: with instance numbers
+  1 to 133, ``{InstanceNumber|padmax}``: ``7`` -> ``007``; with 1 to 1,200, ``0007``. The
+  widths are series-wide values: :meth:`Layout.series_context` measures them over a series'
+  files before each file is rendered (rendered without that context, the width is the value's
+  own). Anything but an integer is kept.
 - ``prefix(TEXT)``, ``suffix(TEXT)``: TEXT before / after a non-empty value.
   ``{StudyID|default()|suffix(-)}``: ``""`` -> ``""``, ``42`` -> ``42-``
 - ``replace(OLD,NEW)``: every OLD (up to the first comma) by NEW.
@@ -44,37 +59,57 @@ Fallback: a placeholder whose value is missing, empty or all padding renders as 
 So the NBIA Data Retriever's "drop an empty part with its dash" is
 ``{StudyID|default()|suffix(-)}``.
 
-Sanitization (:func:`sanitize_component`, applied to every rendered component): invalid UTF-8
-bytes become U+FFFD; text is NFC-normalized; ``/``, ``\\``, control characters (C0, DEL, C1),
-line/paragraph separators, bidi controls (U+200E/F, U+061C, U+202A-E, U+2066-9) and ``<>:"|?*``
-become ``_``; leading dots and trailing dots and spaces become ``_``; Windows device names
-(``CON``, ``PRN``, ``AUX``, ``NUL``, ``COM1-9``, ``LPT1-9``, ``CONIN$``, ``CONOUT$``, also with an
-extension, any case) get a leading ``_``; other letters and emoji are kept. Whenever this changed
-the value, or it had to be cut to 255 UTF-8 bytes (on a character boundary), ``~`` and 8 hex
-digits of the SHA-256 of the raw value are appended (before a literal ``.ext`` the template puts
-at the end of a component), so two different raw values never share a component. A clean value
-is kept exactly, unless it already ends in ``~`` + 8 hex digits (that form is reserved for
-changed values, so it is marked too). An empty value becomes the fallback, marked the same way.
+Presets (:data:`PRESETS`): ``default``, ``nbia-classic`` and ``nbia-descriptive`` (the NBIA Data
+Retriever's two layouts), ``idc`` (Imaging Data Commons' default) and ``flat``. The descriptive
+one follows the Data Retriever's rules: ``<StudyDate MM-dd-yyyy>-<StudyID>-<StudyDescription cut
+to 53>-<last 5 of StudyInstanceUID>`` and ``<SeriesNumber>-<SeriesDescription cut to
+53>-<last 5 of SeriesInstanceUID>``, where an empty part (or one reading ``null``, as Java
+prints a missing value) is dropped with its dash and ``/`` in a description becomes ``-`` (a
+description that is then just ``-`` is dropped); NBIA sends SeriesNumber as a decimal, so it is
+written with 6 decimals (``3000566.000000``); files are ``<AcquisitionNumber>-<InstanceNumber>
+.dcm`` with each number zero-padded to the width of its series maximum, as NBIA names them
+(``1-001.dcm``). ``NA`` in the Data Retriever's real paths (``01-01-2000-NA-NA-30178``) is a
+value the archive holds, not something the rule writes: an empty StudyID is dropped, a StudyID
+of ``NA`` is kept. Where the Data Retriever would make a nested folder (a ``/`` in a StudyID)
+this preset writes ``-`` as for descriptions.
+
+Sanitization: every rendered component goes through :func:`~bulkdl.sanitize.sanitize_component`
+(rules in :mod:`bulkdl.sanitize`), so whatever the values hold the path stays inside ``DIR``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import date
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Final
 
 from bulkdl.errors import InputError
+from bulkdl.sanitize import (
+    EXTENSION,
+    FALLBACK,
+    MAX_COMPONENT_BYTES,
+    dedupe_name,
+    is_unsafe,
+    sanitize_component,
+    sanitize_within,
+)
 
-#: What a missing or empty value renders as (see the module docstring).
-FALLBACK: Final = "unknown"
-#: Longest component, in UTF-8 bytes, that common filesystems (ext4, APFS, NTFS) accept.
-MAX_COMPONENT_BYTES: Final = 255
+__all__ = [
+    "FALLBACK",
+    "MAX_COMPONENT_BYTES",
+    "PRESETS",
+    "Layout",
+    "SeriesContext",
+    "dedupe_name",
+    "resolve_layout",
+    "sanitize_component",
+]
 
 PRESETS: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -82,124 +117,38 @@ PRESETS: Final[Mapping[str, str]] = MappingProxyType(
         "nbia-classic": (
             "{Collection}/{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
         ),
+        "nbia-descriptive": (
+            "{Collection}/{PatientID}/"
+            "{StudyDate|date(%m-%d-%Y)|default()|suffix(-)}"
+            "{StudyID|replace(/,-)|omit(null)|default()|suffix(-)}"
+            "{StudyDescription|replace(/,-)|omit(null)|omit(-)|first(53)|default()|suffix(-)}"
+            "{StudyInstanceUID|last(5)}/"
+            "{SeriesNumber|decimal(6)|omit(null)|default()|suffix(-)}"
+            "{SeriesDescription|replace(/,-)|omit(null)|omit(-)|first(53)|default()|suffix(-)}"
+            "{SeriesInstanceUID|last(5)}/"
+            "{AcquisitionNumber|padmax}-{InstanceNumber|padmax}.dcm"
+        ),
         "idc": (
-            "{Collection}/{PatientID}/{StudyInstanceUID}/{Modality}_{SeriesInstanceUID}"
+            "{collection_id}/{PatientID}/{StudyInstanceUID}/{Modality}_{SeriesInstanceUID}"
             "/{SOPInstanceUID}.dcm"
         ),
         "flat": "{SeriesInstanceUID}/{SOPInstanceUID}.dcm",
     }
 )
 
-_HASH_HEX = 8
-_MARK_BYTES = 1 + _HASH_HEX  # "~" + hex
-_MARKED = re.compile(r"~[0-9a-f]{8}\Z")
-_BIDI = frozenset("\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-_WINDOWS_INVALID = frozenset('<>:"|?*')
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
-_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
-    + [
-        f"{port}{n}"
-        for port in ("COM", "LPT")
-        for n in [*"123456789", "\u00b9", "\u00b2", "\u00b3"]
-    ]
-)
-_KEYWORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+_KEYWORD = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _FILTER_NAME = re.compile(r"[a-z]+")
-_EXTENSION = re.compile(r"\.[A-Za-z0-9]{0,15}[A-Za-z][A-Za-z0-9]{0,15}\Z")
 _DICOM_DATE = re.compile(r"(\d{4})([-.]?)(\d{2})\2(\d{2})")
 _NUMBER = re.compile(r"([+-]?)(\d*)(?:\.(\d*))?")
 _INTEGER = re.compile(r"[+-]?\d+")
+_SIGNED_DIGITS = re.compile(r"([+-]?)(\d+)")
+_NOT_WORD = re.compile(r"[\W_]+")
+_MAX_DECIMALS = 20
 _MONTHS = (
     *("January", "February", "March", "April", "May", "June", "July"),
     *("August", "September", "October", "November", "December"),
 )
 _PADDING = " \x00"
-
-
-# --- sanitization ------------------------------------------------------------------------------
-
-
-def _raw_bytes(text: str) -> bytes:
-    """The bytes a str stands for: surrogate escapes give back the bytes they came from."""
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass")
-
-
-def _unsafe(char: str) -> bool:
-    return (
-        char in "/\\"
-        or char in _WINDOWS_INVALID
-        or char in _BIDI
-        or unicodedata.category(char) in _UNSAFE_CATEGORIES
-    )
-
-
-def _clean(text: str) -> str:
-    """Apply every sanitization rule except the length limit and the mark."""
-    text = "".join("\ufffd" if unicodedata.category(c) == "Cs" else c for c in text)
-    text = unicodedata.normalize("NFC", text)
-    text = "".join("_" if _unsafe(c) else c for c in text)
-    body = text.lstrip(".")
-    text = "_" * (len(text) - len(body)) + body
-    body = text.rstrip(". ")
-    text = body + "_" * (len(text) - len(body))
-    if text.split(".", 1)[0].rstrip(" ").upper() in _RESERVED:
-        text = "_" + text
-    return text
-
-
-def _cut(text: str, budget: int) -> str:
-    """``text`` cut to at most ``budget`` UTF-8 bytes, on a character boundary."""
-    return text.encode("utf-8")[:budget].decode("utf-8", "ignore")
-
-
-def _sanitize(raw: str | bytes, fallback: str, budget: int) -> str:
-    if isinstance(raw, bytes):
-        data, text = raw, raw.decode("utf-8", "surrogateescape")
-    else:
-        data, text = _raw_bytes(raw), raw
-    if text:
-        cleaned = _clean(text)
-        if (
-            cleaned == text
-            and _MARKED.search(text) is None
-            and len(cleaned.encode("utf-8")) <= budget
-        ):
-            return cleaned
-    else:
-        cleaned = _clean(fallback) if fallback else FALLBACK
-    digest = hashlib.sha256(data).hexdigest()[:_HASH_HEX]
-    return f"{_cut(cleaned, budget - _MARK_BYTES)}~{digest}"
-
-
-def sanitize_component(raw: str | bytes, fallback: str = FALLBACK) -> str:
-    """``raw`` made safe as one path component on Linux, macOS and Windows; never raises.
-
-    The rules are the module docstring's. A clean value comes back unchanged; any other value
-    comes back marked with ``~`` and 8 hex digits of the SHA-256 of ``raw`` (of its UTF-8 bytes
-    for a str), so two different values never give the same component. An empty ``raw`` gives
-    ``fallback`` (itself cleaned), marked like any changed value: ``unknown~e3b0c442``.
-    The result is non-empty, at most 255 UTF-8 bytes, and never ``.`` or ``..``.
-    """
-    return _sanitize(raw, fallback, MAX_COMPONENT_BYTES)
-
-
-def dedupe_name(name: str, key: str) -> str:
-    """``name`` with a deterministic suffix for a second instance that maps to the same path.
-
-    Gives ``stem~<8 hex of sha256(key)>.ext`` (the extension kept when it has a letter, as in
-    ``.dcm``), cut to 255 UTF-8 bytes. ``key`` is the instance's SOPInstanceUID, so reruns choose
-    the same name. ``name`` should be a rendered (sanitized) component. Never raises.
-    """
-    match = _EXTENSION.search(name)
-    ext = match.group() if match and match.start() > 0 else ""
-    stem = name[: len(name) - len(ext)]
-    digest = hashlib.sha256(_raw_bytes(key)).hexdigest()[:_HASH_HEX]
-    budget = MAX_COMPONENT_BYTES - _MARK_BYTES - len(ext.encode("utf-8"))
-    return f"{_cut(stem, budget)}~{digest}{ext}"
 
 
 # --- filters -----------------------------------------------------------------------------------
@@ -240,6 +189,42 @@ def _pad(value: str, width: int) -> str:
     return value.zfill(width) if _INTEGER.fullmatch(value) else value
 
 
+def _decimal(value: str, places: int) -> str:
+    match = _NUMBER.fullmatch(value)
+    if match is None or not (match[2] or match[3]):
+        return value
+    try:
+        number = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    except InvalidOperation:  # more digits than Decimal's precision: keep it as written
+        return value
+    return f"{abs(number) if number.is_zero() else number:f}"
+
+
+def _integer_text(value: str) -> str | None:
+    """An integer without leading zeros or '+' (``"+007"`` -> ``"7"``); None for anything else.
+    By regex, not int(): a hostile 5,000-digit value must not raise."""
+    match = _SIGNED_DIGITS.fullmatch(value)
+    if match is None:
+        return None
+    digits = match[2].lstrip("0") or "0"
+    return f"-{digits}" if match[1] == "-" and digits != "0" else digits
+
+
+def _pad_to(value: str, width: int) -> str:
+    text = _integer_text(value)
+    return value if text is None else text.zfill(width)
+
+
+def _snake(value: str) -> str:
+    return _NOT_WORD.sub("_", value.lower()).strip("_")
+
+
+#: Values computed from another when the values given lack them: keyword -> (source, how).
+_DERIVED: Final[Mapping[str, tuple[str, Callable[[str], str]]]] = MappingProxyType(
+    {"collection_id": ("Collection", _snake)}
+)
+
+
 def _non_empty(apply: Apply) -> Apply:
     """Most filters leave an empty value empty, so the fallback can still apply after them."""
     return lambda value: apply(value) if value else value
@@ -252,19 +237,49 @@ class _Filter:
     apply: Apply
 
 
+Values = Mapping[str, str | bytes | None]
+
+
 @dataclass(frozen=True, slots=True)
 class _Placeholder:
     keyword: str
     filters: tuple[_Filter, ...]
     keeps_empty: bool  # has a default filter: its text, even empty, replaces the fallback
+    index: int  # its position in the template: the key of its series-wide width
 
-    def render(self, values: Mapping[str, str | bytes | None]) -> str:
+    @property
+    def series_wide(self) -> bool:
+        return any(step.name == "padmax" for step in self.filters)
+
+    def value(self, values: Values) -> str:
         raw = values.get(self.keyword)
+        if raw is None and self.keyword in _DERIVED:
+            source, derive = _DERIVED[self.keyword]
+            base = values.get(source)
+            if isinstance(base, bytes):
+                base = base.decode("utf-8", "surrogateescape")
+            raw = derive(base.strip(_PADDING)) if base else None
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "surrogateescape")
-        value = (raw or "").strip(_PADDING)
+        return (raw or "").strip(_PADDING)
+
+    def width(self, values: Values) -> int | None:
+        """The width of the value as it reaches ``padmax`` (None: not an integer there)."""
+        value = self.value(values)
         for step in self.filters:
+            if step.name == "padmax":
+                text = _integer_text(value)
+                return None if text is None else len(text)
             value = step.apply(value)
+        return None
+
+    def render(self, values: Values, width: int | None = None) -> str:
+        value = self.value(values)
+        for step in self.filters:
+            if step.name == "padmax":
+                value = _pad_to(value, width or 0) if value else value
+            else:
+                value = step.apply(value)
         return value if value or self.keeps_empty else FALLBACK
 
 
@@ -279,6 +294,7 @@ class _Parser:
 
     def __init__(self, template: str) -> None:
         self.template = template
+        self.placeholders = 0
 
     def error(self, column: int, problem: str) -> InputError:
         return InputError(f"layout template {self.template!r}: {problem} (column {column})")
@@ -287,7 +303,7 @@ class _Parser:
         for offset, char in enumerate(text):
             if char == "/" and what != "literal text":
                 raise self.error(column + offset, f"'/' is not allowed in {what}")
-            if char != "/" and _unsafe(char):
+            if char != "/" and is_unsafe(char):
                 raise self.error(column + offset, f"{char!r} is not allowed in {what}")
 
     def parse(self) -> tuple[_Component, ...]:
@@ -350,7 +366,7 @@ class _Parser:
         if len(parts) == 1 and isinstance(first, str) and sanitize_component(first) != first:
             raise self.error(column, f"{first!r} is not a portable file or folder name")
         items = [part for _, part in parts]
-        match = _EXTENSION.search(last) if isinstance(last, str) else None
+        match = EXTENSION.search(last) if isinstance(last, str) else None
         if match is None or (len(items) == 1 and match.start() == 0):
             return _Component(tuple(items), "")
         stem = last[: match.start()] if isinstance(last, str) else ""
@@ -382,7 +398,8 @@ class _Parser:
                 self.filter(name, argument, column + name_match.start(), argument_column)
             )
         keeps_empty = any(f.name == "default" for f in filters)
-        return _Placeholder(match.group(), tuple(filters), keeps_empty)
+        self.placeholders += 1
+        return _Placeholder(match.group(), tuple(filters), keeps_empty, self.placeholders - 1)
 
     def count(self, name: str, argument: str | None, column: int, top: int) -> int:
         if argument is None or not argument.isascii() or not argument.isdigit():
@@ -395,10 +412,13 @@ class _Parser:
     def filter(self, name: str, argument: str | None, column: int, at: int) -> _Filter:
         """Compile one filter; ``column`` is its name's, ``at`` its argument's."""
         apply: Apply
-        needs_argument = {"last", "first", "pad", "date", "default", "prefix", "suffix", "replace"}
+        needs_argument = {
+            *("last", "first", "pad", "date", "default", "prefix", "suffix", "replace"),
+            *("omit", "decimal"),
+        }
         if name in needs_argument and argument is None:
             raise self.error(column, f"filter {name!r} needs an argument in parentheses")
-        if name in ("lower", "upper", "int") and argument is not None:
+        if name in ("lower", "upper", "int", "snake", "padmax") and argument is not None:
             raise self.error(at - 1, f"filter {name!r} takes no argument")
         if name == "last":
             n = self.count(name, argument, at, MAX_COMPONENT_BYTES)
@@ -409,6 +429,16 @@ class _Parser:
         elif name == "pad":
             n = self.count(name, argument, at, MAX_COMPONENT_BYTES)
             apply = _non_empty(lambda v: _pad(v, n))
+        elif name == "decimal":
+            n = self.count(name, argument, at, _MAX_DECIMALS)
+            apply = _non_empty(lambda v: _decimal(v, n))
+        elif name == "padmax":
+            apply = _non_empty(lambda v: _pad_to(v, 0))  # the width comes at render time
+        elif name == "omit":
+            if not argument:
+                raise self.error(at, "filter 'omit' needs the text to omit, e.g. omit(null)")
+            unwanted = argument
+            apply = lambda v: "" if v == unwanted else v  # noqa: E731
         elif name == "date":
             tokens = self.date_format(argument or "", at)
             apply = _non_empty(lambda v: _format_date(v, tokens))
@@ -434,8 +464,13 @@ class _Parser:
             apply = _non_empty(str.upper)
         elif name == "int":
             apply = _non_empty(_to_int)
+        elif name == "snake":
+            apply = _non_empty(_snake)
         else:
-            known = "date, default, first, int, last, lower, pad, prefix, replace, suffix, upper"
+            known = (
+                "date, decimal, default, first, int, last, lower, omit, pad, padmax, prefix, "
+                "replace, snake, suffix, upper"
+            )
             raise self.error(column, f"unknown filter {name!r} (known: {known})")
         return _Filter(name, argument, apply)
 
@@ -469,6 +504,14 @@ class _Parser:
 
 
 @dataclass(frozen=True, slots=True)
+class SeriesContext:
+    """What a template needs to know of a whole series before it renders one of its files:
+    the width each ``padmax`` placeholder pads to. Build it with :meth:`Layout.series_context`."""
+
+    widths: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Layout:
     """A parsed path template; build one with :meth:`parse` or :func:`resolve_layout`."""
 
@@ -486,29 +529,59 @@ class Layout:
         """
         return cls(template, _Parser(template).parse())
 
+    def _placeholders(self) -> Iterable[_Placeholder]:
+        for component in self._components:
+            for part in component.parts:
+                if isinstance(part, _Placeholder):
+                    yield part
+
     @property
     def keywords(self) -> frozenset[str]:
-        """The keywords the template reads, so a header reader can read only those."""
+        """The keywords the template reads, so a header reader can read only those (a derived
+        value such as ``collection_id`` counts as the keyword it comes from)."""
         return frozenset(
-            part.keyword
-            for component in self._components
-            for part in component.parts
-            if isinstance(part, _Placeholder)
+            _DERIVED[part.keyword][0] if part.keyword in _DERIVED else part.keyword
+            for part in self._placeholders()
         )
 
-    def render(self, values: Mapping[str, str | bytes | None]) -> PurePosixPath:
+    @property
+    def series_wide(self) -> bool:
+        """Whether a file's path depends on its whole series (``padmax``)."""
+        return any(part.series_wide for part in self._placeholders())
+
+    def series_context(self, rows: Iterable[Values]) -> SeriesContext:
+        """The series-wide values of one series, from the render values of all its files.
+
+        Never raises. Pass the result to :meth:`render` for each file of that series.
+        """
+        wide = [part for part in self._placeholders() if part.series_wide]
+        if not wide:
+            return SeriesContext()
+        widths = dict.fromkeys((part.index for part in wide), 0)
+        for values in rows:
+            for part in wide:
+                width = part.width(values)
+                if width is not None and width > widths[part.index]:
+                    widths[part.index] = width
+        return SeriesContext(MappingProxyType(widths))
+
+    def render(self, values: Values, context: SeriesContext | None = None) -> PurePosixPath:
         """The relative path for one file; never raises, whatever ``values`` hold.
 
         Missing keywords render as the fallback (see the module docstring); every component is
         passed through :func:`sanitize_component`, so the path never leaves its root.
+        ``context`` carries the series-wide values (:meth:`series_context`); without it a
+        ``padmax`` number is written at its own width.
         """
+        widths = context.widths if context is not None else {}
         components = []
         for component in self._components:
             text = "".join(
-                part if isinstance(part, str) else part.render(values) for part in component.parts
+                part if isinstance(part, str) else part.render(values, widths.get(part.index))
+                for part in component.parts
             )
             budget = MAX_COMPONENT_BYTES - len(component.extension.encode("utf-8"))
-            components.append(_sanitize(text, FALLBACK, budget) + component.extension)
+            components.append(sanitize_within(text, FALLBACK, budget) + component.extension)
         return PurePosixPath(*components)
 
     def __str__(self) -> str:

@@ -3,14 +3,17 @@
 A ledger is one SQLite file, ``DIR/.bulkdl/ledger.sqlite`` (or ``ledger-<shard>.sqlite`` for one
 Slurm array task), holding the runs, each series with its state, attempts, expected and actual
 counts and whole record (as JSON), one row per placed file (path, series and SOP UID, size, MD5;
-SHA-256, for lock files), and the collections' licences. SQLite (stdlib ``sqlite3``)
-gives atomic, crash-safe transactions without a server, a file users can query, and shard
-ledgers that merge by key: every row is keyed by UIDs or paths, never by a counter, and ``meta``
-carries the ``schema_version``. Durability: WAL journal, ``synchronous=NORMAL`` (a power cut may
-lose the last transactions, never corrupt the file), a busy timeout, and one transaction per
-state change. A file that is not a ledger, is corrupt or is newer than this code raises
-:class:`AbortError` naming it, and is never overwritten or repaired. Does file I/O and blocks:
-call it from a worker thread; one lock serializes the shared connection.
+SHA-256, for lock files; for an instance packed into a series archive by ``--pack``, the
+archive's path, the row's path being ``<archive>/<member name>``), and the collections'
+licences. SQLite (stdlib ``sqlite3``) gives atomic, crash-safe transactions without a server, a
+file users can query, and shard ledgers that merge by key: every row is keyed by UIDs or paths,
+never by a counter, and ``meta`` carries the ``schema_version`` (a writer opening an older
+ledger migrates it forward, adding columns only). Durability: WAL journal,
+``synchronous=NORMAL`` (a power cut may lose the last transactions, never corrupt the file), a
+busy timeout, and one transaction per state change. A file that is not a ledger, is corrupt or
+is newer than this code raises :class:`AbortError` naming it, and is never overwritten or
+repaired. Does file I/O and blocks: call it from a worker thread; one lock serializes the shared
+connection.
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ from bulkdl.records import PlacedFile, Series
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: The version ``_SCHEMA`` creates; :data:`_MIGRATIONS` bring a ledger from there to the current.
+_BASE_VERSION = 1
 STATE_DIR = ".bulkdl"
 LEDGER_NAME = "ledger.sqlite"
 BUSY_TIMEOUT_S = 30.0
 _MAGIC = b"SQLite format 3\x00"
 _CHUNK = 500  # UIDs per IN (...) query, well under SQLite's variable limit
+_PAGE = 1000  # series per read when going through the whole table
 _FULL_BELOW = 1 << 20  # free bytes under which an I/O error is blamed on a full disk
 
 State = Literal["pending", "placing", "done", "incomplete", "failed"]
@@ -82,29 +88,44 @@ _UPSERT = """
         expected_images = excluded.expected_images, expected_bytes = excluded.expected_bytes,
         collection = excluded.collection, patient_id = excluded.patient_id,
         study_uid = excluded.study_uid, record_json = excluded.record_json,
-        updated_at = excluded.updated_at"""
+        updated_at = excluded.updated_at
+    WHERE series.record_json IS NOT excluded.record_json"""
 # A path already recorded for the same instance (another series listing it) is taken over, as
 # the placer reuses it; a path recorded for another instance is left alone and counted short.
 _INSERT_FILE = """
-    INSERT INTO files (path, series_uid, sop_uid, size, md5, sha256) VALUES (?, ?, ?, ?, ?, ?)
+    INSERT INTO files (path, series_uid, sop_uid, size, md5, sha256, archive)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (path) DO UPDATE SET series_uid = excluded.series_uid, size = excluded.size,
-        md5 = excluded.md5, sha256 = excluded.sha256
+        md5 = excluded.md5, sha256 = excluded.sha256, archive = excluded.archive
     WHERE files.sop_uid = excluded.sop_uid"""
 _STATE_COLUMNS = (
     "uid, state, attempts, last_error, expected_images, expected_bytes,"
     " actual_images, actual_bytes, sop_class_uid, completed_at, record_json"
 )
-# NULL (a file recorded before SHA-256 was) reads as "".
-_FILE_COLUMNS = "path, sop_uid, size, md5, coalesce(sha256, '')"
+# NULL (a file recorded before SHA-256 was; a file not inside an archive) reads as "".
+_FILE_COLUMNS = "path, sop_uid, size, md5, coalesce(sha256, ''), coalesce(archive, '')"
+# Schema changes since _BASE_VERSION, by the version they make; applied once, in order, by a
+# writer opening an older ledger (readers see the columns added since as NULL: _read_as_current).
+# 2: ``--pack``: an instance stored in a series archive, its ``path`` "<archive>/<member name>".
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: ("ALTER TABLE files ADD COLUMN archive TEXT",)}
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "api_key", "apikey")
 
 _FIELDS = tuple(f.name for f in fields(Series))
 _GET_FIELDS = attrgetter(*_FIELDS)
 # Built once: json.dumps with non-default options builds an encoder per call (2x slower).
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=date.isoformat)
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=date.isoformat, check_circular=False
+)
+# (field, type, value) -> its '"field":value' JSON: most values (collection, modality, licence,
+# dates...) repeat across 200,000 records. Emptied when full, which bounds it.
+_MEMBERS: dict[tuple[str, type, object], str] = {}
+_MAX_MEMBERS = 1 << 14
 _DATE_FIELDS = frozenset(
     name for name, hint in get_type_hints(Series).items() if date in get_args(hint)
 )
+_RECORD_FIELDS = frozenset(_FIELDS) - {"extra"}
+_OTHER_FIELDS = _FIELDS[1:-1]  # between SeriesInstanceUID and extra
+_GET_OTHER_FIELDS = attrgetter(*_OTHER_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,24 +166,47 @@ class RunRecord:
 
 
 def encode_record(series: Series) -> str:
-    """The Series as compact JSON: dates ISO, None fields left out, ``extra`` as pairs."""
-    values = zip(_FIELDS, _GET_FIELDS(series), strict=True)
-    return _ENCODER.encode({k: v for k, v in values if v is not None and v != ()})
+    """The Series as compact JSON: dates ISO, None fields left out, ``extra`` as pairs.
+
+    The same text as encoding the dict of those fields whole, built from remembered members.
+    """
+    # The UID, numbers and dates are written out (often unique: not worth remembering).
+    members = [f'"SeriesInstanceUID":{_ENCODER.encode(series.SeriesInstanceUID)}']
+    for name, value in zip(_OTHER_FIELDS, _GET_OTHER_FIELDS(series), strict=True):
+        if value is None:
+            continue
+        kind = type(value)
+        if kind is int:
+            members.append(f'"{name}":{value}')
+            continue
+        if kind is date:
+            members.append(f'"{name}":"{value.isoformat()}"')
+            continue
+        members.append(_MEMBERS.get((name, kind, value)) or _member(name, value))
+    if (extra := series.extra) != ():
+        members.append(_MEMBERS.get(("extra", tuple, extra)) or _member("extra", extra))
+    return "{" + ",".join(members) + "}"
+
+
+def _member(name: str, value: object) -> str:
+    """'"name":value' as JSON, remembered for the next records."""
+    member = f"{_ENCODER.encode(name)}:{_ENCODER.encode(value)}"
+    if len(_MEMBERS) >= _MAX_MEMBERS:
+        _MEMBERS.clear()
+    _MEMBERS[name, type(value), value] = member  # 1.0 and True are equal keys, not equal JSON
+    return member
 
 
 def decode_record(text: str) -> Series:
     """Inverse of :func:`encode_record`; keys this version has no field for go to ``extra``."""
     data: dict[str, Any] = json.loads(text)
-    kwargs: dict[str, Any] = {}
     extra = [(str(key), str(value)) for key, value in data.pop("extra", ())]
-    for name, value in data.items():
-        if name in _DATE_FIELDS and isinstance(value, str):
-            kwargs[name] = date.fromisoformat(value)
-        elif name in _FIELDS:
-            kwargs[name] = value
-        else:
-            extra.append((name, str(value)))
-    return Series(**kwargs, extra=tuple(extra))
+    for name in _DATE_FIELDS.intersection(data):
+        if isinstance(value := data[name], str):
+            data[name] = date.fromisoformat(value)
+    if not data.keys() <= _RECORD_FIELDS:
+        extra += [(name, str(data.pop(name))) for name in list(data) if name not in _RECORD_FIELDS]
+    return Series(**data, extra=tuple(extra))
 
 
 def _now() -> str:
@@ -184,6 +228,44 @@ def _redact(settings: Mapping[str, object]) -> dict[str, object]:
 
 def _state_of(row: Sequence[Any]) -> SeriesState:
     return SeriesState(*row)
+
+
+def _common_folder(first: str, last: str) -> str:
+    """The deepest folder holding both paths (relative POSIX, "" = the root)."""
+    common: list[str] = []
+    for a, b in zip(first.split("/")[:-1], last.split("/")[:-1], strict=False):
+        if a != b:
+            break
+        common.append(a)
+    return "/".join(common)
+
+
+def _count(tx: sqlite3.Connection) -> int:
+    return int(tx.execute("SELECT count(*) FROM series").fetchone()[0])
+
+
+def _file_row(uid: str, f: PlacedFile) -> tuple[object, ...]:
+    return (f.path, uid, f.SOPInstanceUID, f.size, f.md5, f.sha256 or None, f.archive or None)
+
+
+def _migrate(tx: sqlite3.Connection) -> None:
+    """Bring the ledger of ``tx`` (a write transaction) forward to SCHEMA_VERSION."""
+    row = tx.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = int(row[0])
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in _MIGRATIONS[target]:
+            tx.execute(statement)
+    if version < SCHEMA_VERSION:
+        tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+
+def _read_as_current(conn: sqlite3.Connection) -> None:
+    """Let a read-only connection to an older ledger read as the current schema: a TEMP view
+    (searched before the file's own tables; nothing is written to the file) adds the columns
+    added since, as NULL."""
+    columns = {row[1] for row in conn.execute("PRAGMA main.table_info(files)")}
+    if columns and "archive" not in columns:
+        conn.execute("CREATE TEMP VIEW files AS SELECT *, NULL AS archive FROM main.files")
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -375,11 +457,12 @@ class Ledger:
             tx.executemany(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                 [
-                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("schema_version", str(_BASE_VERSION)),
                     ("created_at", now),
                     ("bulkdl_version", __version__),
                 ],
             )
+            _migrate(tx)
             # Also proves now, not mid-run, that the file is writable.
             tx.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_opened_at', ?)", (now,)
@@ -495,22 +578,37 @@ class Ledger:
         caller compares expected with actual counts to decide on a refetch).
         """
         now, run_id = _now(), self._run_id
-        rows = [
-            (
-                s.SeriesInstanceUID,
-                s.ImageCount,
-                s.FileSize,
-                s.Collection,
-                s.PatientID,
-                s.StudyInstanceUID,
-                encode_record(s),
-                run_id,
-                now,
-            )
-            for s in series
-        ]
         with self._write() as tx:
-            tx.executemany(_UPSERT, rows)
+            # A chunk at a time (200,000 records are 200 MB of JSON); an unchanged record (the
+            # other columns come from it) is left as it was, unwritten: re-runs change few.
+            empty = _count(tx) == 0
+            for start in range(0, len(series), _CHUNK):
+                chunk = series[start : start + _CHUNK]
+                known: dict[str, str] = {}
+                if not empty:
+                    marks = ",".join("?" * len(chunk))
+                    query = f"SELECT uid, record_json FROM series WHERE uid IN ({marks})"
+                    known.update(tx.execute(query, [s.SeriesInstanceUID for s in chunk]))
+                rows = []
+                for s in chunk:
+                    record = encode_record(s)
+                    if known.get(s.SeriesInstanceUID) == record:
+                        continue
+                    known[s.SeriesInstanceUID] = record
+                    rows.append(
+                        (
+                            s.SeriesInstanceUID,
+                            s.ImageCount,
+                            s.FileSize,
+                            s.Collection,
+                            s.PatientID,
+                            s.StudyInstanceUID,
+                            record,
+                            run_id,
+                            now,
+                        )
+                    )
+                tx.executemany(_UPSERT, rows)
 
     def states(
         self, uids: Sequence[str] | None = None, *, records: bool = True
@@ -527,11 +625,46 @@ class Ledger:
                 rows = tx.execute(query).fetchall()
             else:
                 wanted = list(dict.fromkeys(uids))
-                rows = []
-                for chunk in _chunks(wanted):
-                    marks = ",".join("?" * len(chunk))
-                    rows += tx.execute(f"{query} WHERE uid IN ({marks})", chunk).fetchall()
+                if len(wanted) >= 4 * _CHUNK and 4 * len(wanted) >= _count(tx):
+                    # Most of the table: one pass over it is cheaper than a lookup per UID.
+                    keep = set(wanted)
+                    rows = [row for row in tx.execute(query) if row[0] in keep]
+                else:
+                    rows = []
+                    for chunk in _chunks(wanted):
+                        marks = ",".join("?" * len(chunk))
+                        rows += tx.execute(f"{query} WHERE uid IN ({marks})", chunk).fetchall()
         return {row[0]: _state_of(row) for row in rows}
+
+    def states_in(
+        self, *states: State, fields: Sequence[str] = ()
+    ) -> Iterator[tuple[SeriesState, tuple[Any, ...]]]:
+        """(state, the values of ``fields`` in its record) of every series in one of ``states``,
+        in the ledger's order, read a page at a time (each page a read of its own): a
+        200,000-series ledger never sits in memory. The state leaves its record out; a value is
+        as the record's JSON has it (dates ISO text, None when absent), picked out by SQLite
+        rather than decoding every record. ValueError for a name that is no field of Series.
+        """
+        unknown = set(fields) - _RECORD_FIELDS
+        if unknown:
+            raise ValueError(f"not fields of Series: {', '.join(sorted(unknown))}")
+        values = "".join(f", json_extract(record_json, '$.{name}')" for name in fields)
+        columns = _STATE_COLUMNS.replace("record_json", "NULL")
+        marks = ",".join("?" * len(states))
+        query = (
+            f"SELECT rowid, {columns}{values} FROM series"
+            f" WHERE rowid > ? AND state IN ({marks}) ORDER BY rowid LIMIT {_PAGE}"
+        )
+        width = len(_STATE_COLUMNS.split(","))
+        last = 0
+        while True:
+            with self._read() as tx:
+                rows = tx.execute(query, (last, *states)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            for row in rows:
+                yield _state_of(row[1 : width + 1]), row[width + 1 :]
 
     def record_attempt(self, uid: str, error: str | None) -> None:
         """Count one more attempt at ``uid``; ``error`` (None after a success) is its outcome."""
@@ -576,7 +709,7 @@ class Ledger:
         A path recorded for the same SOPInstanceUID under another series passes to ``uid``. A
         path recorded for another instance raises ValueError, and nothing changes.
         """
-        rows = [(f.path, uid, f.SOPInstanceUID, f.size, f.md5, f.sha256 or None) for f in files]
+        rows = [_file_row(uid, f) for f in files]
         with self._write() as tx:
             self._state(tx, uid)
             tx.execute("DELETE FROM files WHERE series_uid = ?", (uid,))
@@ -686,6 +819,16 @@ class Ledger:
                 out.setdefault(series_uid, []).append(PlacedFile(*rest))
         return out
 
+    def series_folders(self) -> dict[str, str]:
+        """series UID -> the deepest tree folder holding all its recorded files (relative POSIX,
+        "" = the root), without reading every file: the first and last path in sort order share
+        the folders that every path between them shares."""
+        with self._read() as tx:
+            rows = tx.execute(
+                "SELECT series_uid, min(path), max(path) FROM files GROUP BY series_uid"
+            )
+            return {uid: _common_folder(first, last) for uid, first, last in rows}
+
     def files_under(self, folder: str) -> list[PlacedFile]:
         """The recorded files directly inside tree folder ``folder`` (relative POSIX, "" = root)."""
         prefix = f"{folder}/" if folder else ""
@@ -696,6 +839,30 @@ class Ledger:
                 (prefix, f"{folder}0" if folder else "\U0010ffff"),
             )
             return [PlacedFile(*row) for row in rows if "/" not in row[0][len(prefix) :]]
+
+    def archives_under(self, folder: str) -> dict[str, list[str]]:
+        """Archives (``--pack``) directly inside tree folder ``folder`` -> their members' paths."""
+        prefix = f"{folder}/" if folder else ""
+        found: dict[str, list[str]] = {}
+        with self._read() as tx:
+            rows = tx.execute(
+                "SELECT path, archive FROM files WHERE path >= ? AND path < ?"
+                " AND archive IS NOT NULL",
+                (prefix, f"{folder}0" if folder else "\U0010ffff"),
+            )
+            for path, archive in rows:
+                if "/" not in archive[len(prefix) :]:
+                    found.setdefault(archive, []).append(path)
+        return found
+
+    def archive_owner(self, archive: str) -> str | None:
+        """The series whose instances the ledger records inside archive ``archive``, or None."""
+        with self._read() as tx:
+            row = tx.execute(
+                "SELECT series_uid FROM files WHERE path >= ? AND path < ? AND archive = ? LIMIT 1",
+                (f"{archive}/", f"{archive}0", archive),
+            ).fetchone()
+        return None if row is None else str(row[0])
 
     def owners(self, paths: Sequence[str]) -> dict[str, str]:
         """path -> series UID for those of ``paths`` the ledger records."""
@@ -741,6 +908,95 @@ class Ledger:
         with self._read() as tx:
             return dict(tx.execute("SELECT collection, text FROM licenses ORDER BY collection"))
 
+    # -- organize --------------------------------------------------------------------------------
+    # ``bulkdl organize``: series placed from files already on disk, and trees re-laid in place.
+
+    _RELOCATING = "organize.relocating"  # meta key: the renames of one series, until recorded
+
+    def settle_placed(
+        self, uid: str, files: Sequence[PlacedFile], *, done: bool, sop_class_uid: str | None
+    ) -> None:
+        """Record ``files`` as the only files of ``uid``, in one transaction, whatever its state:
+        done with their count and bytes when ``done``, else pending (the files stay recorded).
+
+        Organize settles a series a crash left placing this way: the files that reached the
+        tree are kept, none is deleted (a download can fetch a series again; organize cannot
+        bring back a source it moved). Raises KeyError for an unknown series, ValueError
+        (nothing changed) when a path is recorded for another instance.
+        """
+        rows = [_file_row(uid, f) for f in files]
+        now = _now()
+        with self._write() as tx:
+            self._state(tx, uid)
+            tx.execute("DELETE FROM files WHERE series_uid = ?", (uid,))
+            if tx.executemany(_INSERT_FILE, rows).rowcount != len(rows):
+                raise ValueError(f"series {uid}: {self._clashes(tx, uid, files)}")
+            if done:
+                tx.execute(
+                    "UPDATE series SET state = 'done', last_error = NULL, actual_images = ?,"
+                    " actual_bytes = ?, sop_class_uid = coalesce(?, sop_class_uid),"
+                    " completed_at = ?, updated_at = ? WHERE uid = ?",
+                    (len(files), sum(f.size for f in files), sop_class_uid, now, now, uid),
+                )
+            else:
+                tx.execute(
+                    "UPDATE series SET state = 'pending', last_error = ?, actual_images = NULL,"
+                    " actual_bytes = NULL, completed_at = NULL, updated_at = ? WHERE uid = ?",
+                    (f"interrupted while placing; {len(files)} file(s) kept", now, uid),
+                )
+
+    def begin_relocation(self, uid: str, moves: Sequence[tuple[str, str]]) -> None:
+        """Note, before renaming them, that files of ``uid`` move (old path, new path).
+
+        Until :meth:`finish_relocation` the note says which renames may have happened, so a run
+        that died among them can finish them (:meth:`pending_relocation`). ValueError when
+        another relocation is still noted.
+        """
+        note = json.dumps({"uid": uid, "moves": [list(m) for m in moves]}, ensure_ascii=False)
+        with self._write() as tx:
+            self._state(tx, uid)
+            row = tx.execute("SELECT 1 FROM meta WHERE key = ?", (self._RELOCATING,)).fetchone()
+            if row is not None:
+                raise ValueError("an earlier relocation is unfinished: finish it first")
+            tx.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (self._RELOCATING, note))
+
+    def pending_relocation(self) -> tuple[str, list[tuple[str, str]]] | None:
+        """(series UID, moves) of a relocation noted and not finished, or None."""
+        with self._read() as tx:
+            row = tx.execute("SELECT value FROM meta WHERE key = ?", (self._RELOCATING,)).fetchone()
+        if row is None:
+            return None
+        note = json.loads(row[0])
+        return str(note["uid"]), [(str(old), str(new)) for old, new in note["moves"]]
+
+    def finish_relocation(
+        self, uid: str, moves: Sequence[tuple[str, str]], folders: Sequence[tuple[str, int]]
+    ) -> None:
+        """After the renames, in one transaction: the recorded paths of ``uid`` follow ``moves``,
+        each (folder, mtime_ns) is remembered as :meth:`record_folders` does, and the note of
+        :meth:`begin_relocation` is gone. ValueError (nothing changed) when a new path is
+        recorded for another series."""
+        with self._write() as tx:
+            self._state(tx, uid)
+            # Through temporary paths ("/" + new: a recorded path is relative, never so), so a
+            # move onto a path another move of the batch leaves never meets the primary key.
+            parked = [(f"/{new}", old, uid) for old, new in moves if old != new]
+            tx.executemany("UPDATE files SET path = ? WHERE path = ? AND series_uid = ?", parked)
+            try:
+                tx.execute(
+                    "UPDATE files SET path = substr(path, 2) WHERE series_uid = ?"
+                    " AND substr(path, 1, 1) = '/'",
+                    (uid,),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"series {uid}: a new path is another series' file") from exc
+            tx.executemany(
+                "INSERT INTO folders (path, mtime_ns) VALUES (?, ?)"
+                " ON CONFLICT (path) DO UPDATE SET mtime_ns = excluded.mtime_ns",
+                folders,
+            )
+            tx.execute("DELETE FROM meta WHERE key = ?", (self._RELOCATING,))
+
 
 def open_all(dir_: Path) -> list[Ledger]:
     """Every ``ledger*.sqlite`` under ``dir_/.bulkdl/``, checked and opened read-only, by name.
@@ -755,6 +1011,7 @@ def open_all(dir_: Path) -> list[Ledger]:
             conn = _validate(path)
             if conn is None:
                 continue  # an empty file: a run that died before writing anything
+            _read_as_current(conn)
             conn.execute("PRAGMA query_only = ON")
             opened.append(Ledger(conn, path, readonly=True))
     except BaseException:

@@ -2,12 +2,12 @@
 
 Reads NBIA Data Retriever ``.tcia`` manifests (versions 1.0, 2.0 and 3.x), CSV/TSV tables with a
 ``SeriesInstanceUID`` (or ``Series UID``...) column as TCIA now recommends, JSON (a list of UIDs or
-of row objects, or an object holding such a list) and plain UID lists with ``#`` comments; the
-format comes from the file's extension or, for stdin and other names, from the content, and a
-caller may force it. Writes ``.tcia`` (3.0 shape) and CSV manifests that read back to the same
-list. Pure: no I/O, except :func:`read_manifest` (and :func:`read_manifests`), which read a path or
-stdin. Bad content always raises :class:`~bulkdl.errors.ManifestError` naming the source and, where
-there is one, the line.
+of row objects, or an object holding such a list; a bulkdl lock file reads as its series) and
+plain UID lists with ``#`` comments; the format comes from the file's extension or, for stdin and
+other names, from the content, and a caller may force it. Writes ``.tcia`` (3.0 shape) and CSV
+manifests that read back to the same list. Pure: no I/O, except :func:`read_text`,
+:func:`read_manifest` and :func:`read_manifests`, which read a path or stdin. Bad content always
+raises :class:`~bulkdl.errors.ManifestError` naming the source and, where there is one, the line.
 """
 
 from __future__ import annotations
@@ -294,6 +294,19 @@ def read_manifest(path: str, fmt: ManifestFormat | None = None) -> list[str]:
         ManifestError: the path cannot be read (missing, a directory, no permission), is not UTF-8,
             or its content is not a manifest; the message names the path.
     """
+    source, text = read_text(path)
+    return parse_manifest(text, source, fmt)
+
+
+def read_text(path: str) -> tuple[str, str]:
+    """(the name errors use, the text) of the input at ``path`` (``-`` for stdin), read as UTF-8.
+
+    For callers that look at the text before choosing a parser (a bulkdl lock file is JSON).
+
+    Raises:
+        ManifestError: the path cannot be read (missing, a directory, no permission) or is not
+            UTF-8; the message names the path.
+    """
     source = STDIN_NAME if path == STDIN else path
     try:
         if path == STDIN:
@@ -314,7 +327,7 @@ def read_manifest(path: str, fmt: ManifestFormat | None = None) -> list[str]:
         raise ManifestError(
             source, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})", line
         ) from None
-    return parse_manifest(text, source, fmt)
+    return source, text
 
 
 def read_manifests(paths: Iterable[str], fmt: ManifestFormat | None = None) -> list[str]:

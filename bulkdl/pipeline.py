@@ -4,48 +4,57 @@ resolve (the source's metadata, batched) -> plan (the ledger says what is done; 
 from the tree, revised series and crashed placements send a series back to work) -> fetch (a
 bounded pool of workers; each attempt in a fresh staging folder under ``DIR/.bulkdl/``) ->
 verify -> place (``os.replace`` into the tree, the ledger told before and after) -> sidecars
-(``metadata.csv``, ``failures.csv``, licences). A series that fails is a value recorded in the
+(``metadata.csv``, ``failures.csv``, licences). ``--staging PATH`` moves the fetch, unpack and
+verify steps to a private folder under PATH (:class:`~bulkdl.move.PrivateFolder`, removed at the
+end of the run, whatever ends it), and placing copies across filesystems when it must
+(:func:`~bulkdl.move.move_into`); ``--pack`` places each series as one archive
+(:mod:`bulkdl.pack`). A series that fails is a value recorded in the
 ledger, retried with backoff until its attempts run out; only run-fatal conditions (disk full,
 unwritable output, a bad ledger, another run holding the folder) stop the run. SIGINT and SIGTERM
 stop it cleanly: a placement in progress finishes, staging is cleared, nothing half-written is
-left in the tree. Does network and disk I/O.
+left in the tree. A shard of a job array (``Selection.shard``) keeps its own ledger, lock and
+staging folder and writes no sidecars (``bulkdl finalize`` does, from every shard's ledger).
+Does network and disk I/O.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import contextlib
 import logging
 import os
 import random
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from bulkdl import dicom, sidecar
+from bulkdl import dicom
 from bulkdl.config import Settings
 from bulkdl.errors import (
-    AbortError,
     BulkdlError,
     ExitCode,
+    PlacementConflict,
     SeriesError,
     SourceError,
     TransientError,
     VerificationError,
 )
 from bulkdl.layout import Layout, resolve_layout
-from bulkdl.ledger import Ledger, SeriesState
-from bulkdl.place import Placer
+from bulkdl.ledger import LEDGER_NAME, Ledger, SeriesState
+from bulkdl.lockfile import Lock
+from bulkdl.merged import foreign_ledgers, write_sidecars
+from bulkdl.move import PrivateFolder, open_staging, refused_by
+from bulkdl.outdir import STATE_DIR, disk_error, exclusive, prepare_output
+from bulkdl.pack import Packer, check_layout, gone_members
+from bulkdl.place import Move, Placer
 from bulkdl.progress import (
     BytesReceived,
     Reporter,
@@ -57,15 +66,17 @@ from bulkdl.progress import (
 )
 from bulkdl.records import Series, StagedFile
 from bulkdl.retry import RetryPolicy
+from bulkdl.shard import Shard
 from bulkdl.sources import Source
 from bulkdl.sources.nbia import SeriesQuery
 from bulkdl.verify import Verdict, verify_series
 
 log = logging.getLogger(__name__)
 
-STATE_DIR: Final = ".bulkdl"
 Outcome = Literal["done", "incomplete", "failed", "skipped"]
 T = TypeVar("T")
+#: Plans of one series tried when other writers keep taking its paths, before the attempt fails.
+_PLACING_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +134,15 @@ class RunResult:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """What to download: manifest UIDs (in order), or a query the source answers."""
+    """What to download: manifest UIDs (in order), or a query the source answers. ``pinned`` is
+    the lock file the UIDs came from: the source then checks every series against it."""
 
     uids: tuple[str, ...] = ()
     query: SeriesQuery | None = None
+    pinned: Lock | None = None
+    #: One shard of a job array: its own ledger, lock and staging, and no sidecars (those are
+    #: ``bulkdl finalize``'s, from every shard's ledger); the source sees only its series.
+    shard: Shard | None = None
 
 
 @dataclass(slots=True)
@@ -146,23 +162,11 @@ class _Run:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     outcomes: dict[str, SeriesOutcome] = field(default_factory=dict)
     licensed: set[str] = field(default_factory=set)
+    packer: Packer | None = None  # --pack
 
     async def db(self, call: Callable[[], T]) -> T:
         """Run a ledger call in its worker thread (SQLite is not for the event loop)."""
         return await anyio.to_thread.run_sync(call, limiter=self.ledger_lock)
-
-
-def _disk_error(exc: OSError, out: Path) -> AbortError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        why = "the disk is full"
-    elif exc.errno == errno.EROFS:
-        why = "the file system is read-only"
-    elif exc.errno in (errno.EACCES, errno.EPERM):
-        why = "permission denied"
-    else:
-        why = exc.strerror or str(exc)
-    where = f" ({exc.filename})" if exc.filename else ""
-    return AbortError(f"cannot write under {out}: {why}{where}")
 
 
 def _run_fatal(group: BaseExceptionGroup[BaseException], out: Path) -> BaseException:
@@ -183,39 +187,8 @@ def _run_fatal(group: BaseExceptionGroup[BaseException], out: Path) -> BaseExcep
             return leaf
     for leaf in leaves:
         if isinstance(leaf, OSError):
-            return _disk_error(leaf, out)
+            return disk_error(leaf, out)
     return leaves[0] if len(leaves) == 1 else group
-
-
-@contextmanager
-def _exclusive(state_dir: Path) -> Iterator[None]:
-    """Hold ``.bulkdl/lock`` so two runs never write one tree at once."""
-    path = state_dir / "lock"
-    handle = path.open("a")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AbortError(f"another bulkdl run is using {state_dir.parent}") from None
-        yield
-    finally:
-        handle.close()
-
-
-def prepare_output(out: Path) -> Path:
-    """Create ``out/.bulkdl`` and prove it writable; returns the state folder.
-
-    Raises AbortError (exit 3) when ``out`` cannot be created or written.
-    """
-    state = out / STATE_DIR
-    try:
-        state.mkdir(parents=True, exist_ok=True)
-        probe = state / f"probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise _disk_error(exc, out) from exc
-    return state
 
 
 def _missing_files(ledger: Ledger, out: Path, done: Sequence[str]) -> dict[str, int]:
@@ -227,8 +200,9 @@ def _missing_files(ledger: Ledger, out: Path, done: Sequence[str]) -> dict[str, 
     """
     wanted = set(done)
     gone: list[str] = []
+    root = str(out)
     for folder, mtime_ns in ledger.folders().items():
-        path = out / folder if folder else out
+        path = os.path.join(root, folder)  # strings: a Path per folder costs more than its stat
         try:
             if os.stat(path).st_mtime_ns == mtime_ns:
                 continue
@@ -238,6 +212,7 @@ def _missing_files(ledger: Ledger, out: Path, done: Sequence[str]) -> dict[str, 
         gone += [
             f.path for f in ledger.files_under(folder) if f.path.rsplit("/", 1)[-1] not in names
         ]
+        gone += gone_members(ledger.archives_under(folder), names)  # --pack: archives gone
     missing: dict[str, int] = {}
     for uid in ledger.owners(gone).values():
         if uid in wanted:
@@ -246,18 +221,25 @@ def _missing_files(ledger: Ledger, out: Path, done: Sequence[str]) -> dict[str, 
 
 
 async def _plan(run: _Run, found: Sequence[Series]) -> tuple[list[Series], list[Series]]:
-    """(to fetch, already done) after reconciling the ledger with the tree and the server."""
+    """(to fetch, already done) after reconciling the ledger with the tree and the server.
+
+    The ledger's states are read once: resolving changes no state, so what this plan sends
+    back to pending is all that differs afterwards.
+    """
     uids = [s.SeriesInstanceUID for s in found]
     before = await run.db(lambda: run.ledger.states(uids, records=False))
+    reset: set[str] = set()
     for series in found:
         state = before.get(series.SeriesInstanceUID)
         if state is None:
             continue
         if state.state == "placing":
             # A run died while moving this series in: take back what it had placed.
+            reset.add(state.uid)
             abandoned = await run.db(partial(run.ledger.abandon_placing, state.uid))
             await anyio.to_thread.run_sync(run.placer.remove, abandoned)
         elif state.state in ("done", "incomplete") and _revised(state, series):
+            reset.add(state.uid)
             log.warning(
                 "series %s changed on the server (ImageCount %s -> %s, FileSize %s -> %s): "
                 "fetching it again",
@@ -268,11 +250,11 @@ async def _plan(run: _Run, found: Sequence[Series]) -> tuple[list[Series], list[
             await anyio.to_thread.run_sync(run.placer.remove, stale)
             await run.db(partial(run.ledger.mark_missing, state.uid, "revised on the server"))
     await run.db(partial(run.ledger.upsert_resolved, found))
-    states = await run.db(lambda: run.ledger.states(uids, records=False))
     finished = [
         uid
-        for uid, st in states.items()
-        if st.state == "done" or (st.state == "incomplete" and run.settings.accept_incomplete)
+        for uid, st in before.items()
+        if (st.state == "done" or (st.state == "incomplete" and run.settings.accept_incomplete))
+        and uid not in reset
     ]
     gone = await run.db(lambda: _missing_files(run.ledger, run.out, finished))
     for uid, count in gone.items():
@@ -330,12 +312,7 @@ async def _place(
 ) -> SeriesOutcome:
     uid = series.SeriesInstanceUID
     dicom_files = [f for f in files if f.header is not None]
-    moves = await anyio.to_thread.run_sync(run.placer.plan, series, dicom_files)
-    try:
-        await run.db(partial(run.ledger.begin_placing, uid, [m.placed for m in moves]))
-        folders = await anyio.to_thread.run_sync(run.placer.commit, moves)
-    finally:
-        run.placer.release(moves)
+    folders = await _move_in(run, series, dicom_files)
     sop_class = next((f.header.get("SOPClassUID") for f in dicom_files if f.header), None)
     incomplete = not verdict.ok
     await run.db(
@@ -352,6 +329,66 @@ async def _place(
     outcome: Outcome = "incomplete" if incomplete else "done"
     reason = "; ".join(verdict.problems) if incomplete else None
     return SeriesOutcome(uid, outcome, verdict.images, verdict.bytes, reason)
+
+
+async def _move_in(run: _Run, series: Series, files: Sequence[StagedFile]) -> list[tuple[str, int]]:
+    """Plan, record as placing, move in: the folders touched. Planned again when another
+    writer (a shard placing into the same folders) took a planned path meanwhile, a few times
+    before the attempt fails with the PlacementConflict."""
+    uid = series.SeriesInstanceUID
+    tries = 0
+    while True:
+        moves = await anyio.to_thread.run_sync(run.placer.plan, series, files)
+        try:
+            if run.packer is not None:
+                return await _pack_in(run, run.packer, uid, moves)
+            await run.db(partial(run.ledger.begin_placing, uid, [m.placed for m in moves]))
+            return await anyio.to_thread.run_sync(run.placer.commit, moves)
+        except PlacementConflict as exc:
+            # Nothing of the series moved: forget the planned paths, one is another's file.
+            await run.db(partial(run.ledger.abandon_placing, uid))
+            tries += 1
+            if tries == _PLACING_TRIES:
+                raise
+            log.info("series %s: %s; planning it again", uid, exc)
+        except OSError:
+            await _take_back(run, uid)
+            raise
+        finally:
+            run.placer.release(moves)
+
+
+async def _take_back(run: _Run, uid: str) -> None:
+    """A placement the tree refused midway (its disk full, e.g. copying from ``--staging``):
+    remove what of the series reached the tree, then forget it, so the tree holds only whole
+    series when the run stops. The ledger is only read before the files go (a full disk may
+    refuse its writes); if forgetting fails, the next run settles it as a crashed placement."""
+    state = (await run.db(partial(run.ledger.states, [uid], records=False))).get(uid)
+    if state is None or state.state != "placing":
+        return
+    placed = await run.db(partial(run.ledger.files, uid))
+    await anyio.to_thread.run_sync(run.placer.remove, placed)
+    with contextlib.suppress(BulkdlError):
+        await run.db(partial(run.ledger.abandon_placing, uid))
+
+
+async def _pack_in(
+    run: _Run, packer: Packer, uid: str, moves: Sequence[Move]
+) -> list[tuple[str, int]]:
+    """``--pack``: the planned files as one archive per folder, written in staging, then
+    recorded as placing and moved in (the folders touched)."""
+    packed = await anyio.to_thread.run_sync(packer.prepare, uid, moves, run.staging)
+    try:
+        members = [member for item in packed for member in item.members]
+        await run.db(partial(run.ledger.begin_placing, uid, members))
+        return await anyio.to_thread.run_sync(packer.commit, packed)
+    finally:
+        await anyio.to_thread.run_sync(packer.release, packed)
+
+
+def _staging_name(shard: Shard | None) -> str:
+    """Each shard stages in its own folder: a shard starting clears only its own leftovers."""
+    return f"staging-{shard.tag}" if shard else "staging"
 
 
 def _clear_leftovers(state_dir: Path) -> None:
@@ -393,7 +430,9 @@ async def _process(run: _Run, series: Series) -> SeriesOutcome:
             await run.db(partial(run.ledger.record_attempt, uid, reason))
             break
         except OSError as exc:
-            raise _disk_error(exc, run.out) from exc
+            staging = run.settings.staging
+            where = run.out if staging is None else refused_by(exc, staging, run.staging, run.out)
+            raise disk_error(exc, where) from exc
         await run.db(partial(run.ledger.record_attempt, uid, None))
         return SeriesOutcome(
             uid, outcome.outcome, outcome.images, outcome.bytes, outcome.reason, attempt
@@ -454,13 +493,24 @@ async def download(
     started = time.monotonic()
     out = settings.out
     state_dir = await anyio.to_thread.run_sync(prepare_output, out)
-    with _exclusive(state_dir):
-        ledger = await anyio.to_thread.run_sync(Ledger.open, out)
+    shard = selection.shard
+    with exclusive(state_dir, shard.tag if shard else None):
+        name = shard.ledger_name if shard else LEDGER_NAME
+        if (mixed := foreign_ledgers(out, name)) is not None:
+            log.warning("%s", mixed)
+        ledger = await anyio.to_thread.run_sync(Ledger.open, out, name)
+        private: tuple[PrivateFolder, ...] = ()
         try:
+            if settings.staging is not None:
+                private = await anyio.to_thread.run_sync(open_staging, settings.staging, state_dir)
             return await _download(
-                settings, selection, source, reporter, ledger, started, handle_signals
-            )
+                settings, selection, source, reporter, ledger, started, handle_signals,
+                *(folder.path for folder in private),
+            )  # fmt: skip
         finally:
+            with anyio.CancelScope(shield=True):
+                for folder in private:
+                    await anyio.to_thread.run_sync(folder.close)
             ledger.close()
 
 
@@ -472,10 +522,19 @@ async def _download(
     ledger: Ledger,
     started: float,
     handle_signals: bool,
+    staging: Path | None = None,
+    landing: Path | None = None,
 ) -> RunResult:
     assert settings.out is not None
     out = settings.out
     layout = resolve_layout(settings.layout)
+    packer = None
+    if settings.pack is not None:
+        check_layout(layout)
+        packer = Packer(
+            out, "zip" if settings.pack == "zip" else "tar", ledger.owner_of,
+            ledger.archive_owner, fsync=settings.fsync, landing=landing,
+        )  # fmt: skip
     keywords = layout.keywords | frozenset(dicom.HEADER_KEYWORDS_ALWAYS)
     run = _Run(
         settings=settings,
@@ -483,12 +542,15 @@ async def _download(
         source=source,
         ledger=ledger,
         layout=layout,
-        placer=Placer(out, layout, ledger.owner_of, fsync=settings.fsync),
+        placer=Placer(out, layout, ledger.owner_of, fsync=settings.fsync, landing=landing),
         reporter=reporter,
-        staging=out / STATE_DIR / "staging",
+        staging=staging or out / STATE_DIR / _staging_name(selection.shard),
         inspect=partial(dicom.read_header, keywords=keywords),
+        packer=packer,
     )
     await anyio.to_thread.run_sync(_clear_leftovers, out / STATE_DIR)
+    if staging is None:  # a --staging folder is this run's own, new, and holds its lock
+        await anyio.to_thread.run_sync(partial(shutil.rmtree, run.staging, ignore_errors=True))
     run_id = await run.db(partial(ledger.begin_run, settings.public()))
 
     missing: list[str] = []
@@ -535,8 +597,8 @@ async def _download(
         result = RunResult(
             outcomes, time.monotonic() - started, out, tuple(to_fetch), bool(interrupted)
         )
-        if not settings.dry_run:
-            await run.db(lambda: sidecar.write_all(ledger, out))
+        if not settings.dry_run and selection.shard is None:
+            await run.db(lambda: write_sidecars(out, ledger))
         await run.db(partial(ledger.end_run, run_id, int(result.exit_code)))
     reporter.emit(result.finished)
     return result

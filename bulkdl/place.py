@@ -5,23 +5,34 @@ first, then the series record's, e.g. ``Collection``) and resolves collisions: t
 instances never share a path (the later one, in SOPInstanceUID order, gets a deterministic
 ``~hash`` suffix); a path already owned by another instance in the ledger, claimed by a series
 in flight, or holding a foreign file with other bytes is never overwritten. A file that already
-holds exactly the same bytes (a tree whose ledger was lost) is replaced in place, so re-runs
-converge on one tree. :meth:`Placer.commit` moves staged files in with ``os.replace`` (staging
-lives under ``DIR/.bulkdl/`` on the same filesystem). Blocking file I/O: call from a worker
-thread.
+holds exactly the same bytes (a tree whose ledger was lost) is kept in place and recorded, so
+re-runs converge on one tree. :meth:`Placer.commit` moves staged files in with a rename, or, when
+staging is on another filesystem (``--staging``), with :func:`bulkdl.move.move_into`'s copy,
+fsync and rename, fsyncing each folder it copied into. Every move is exclusive (a hard link and
+an unlink), so a file another process put there since planning (the shards of a job array write
+the same Patient/Study folders) is never replaced, and no empty or partial file is ever visible:
+the series is planned again instead. Blocking file I/O: call from a worker thread.
+
+Templates with series-wide values (``padmax``, as in the ``nbia-descriptive`` preset's
+``1-001.dcm``) get them from :meth:`~bulkdl.layout.Layout.series_context`, measured over every
+file of the series in :meth:`Placer.plan` before any one is rendered: the pipeline and
+``bulkdl organize`` plan whole series, so neither needs to know about it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date
 from pathlib import Path, PurePosixPath
 
+from bulkdl.errors import PlacementConflict
 from bulkdl.layout import Layout, dedupe_name
+from bulkdl.move import move_into
 from bulkdl.records import PlacedFile, Series, StagedFile
 
 OwnerOf = Callable[[str], tuple[str, str] | None]
@@ -57,8 +68,17 @@ def _md5_of(path: Path) -> str:
 class Placer:
     """Plans and performs the moves of verified series into ``root``; safe across threads."""
 
-    def __init__(self, root: Path, layout: Layout, owner_of: OwnerOf, *, fsync: bool = False):
+    def __init__(
+        self,
+        root: Path,
+        layout: Layout,
+        owner_of: OwnerOf,
+        *,
+        fsync: bool = False,
+        landing: Path | None = None,
+    ):
         self.root = root
+        self.landing = landing  # where copies from another filesystem wait for their rename
         self.layout = layout
         self._owner_of = owner_of
         self._fsync = fsync
@@ -89,13 +109,16 @@ class Placer:
         """
         base = record_values(series)
         ordered = sorted(files, key=lambda f: (f.header or {}).get("SOPInstanceUID", f.name))
+        values = [{**base, **(staged.header or {})} for staged in ordered]
+        # Series-wide values (e.g. the widths of 1-001.dcm) before any one file is rendered.
+        context = self.layout.series_context(values)
         mine: dict[str, str] = {}
         moves: list[Move] = []
         with self._lock:
-            for staged in ordered:
+            for staged, own in zip(ordered, values, strict=True):
                 header = staged.header or {}
                 sop = header.get("SOPInstanceUID", staged.name)
-                path = self.layout.render({**base, **header})
+                path = self.layout.render(own, context)
                 candidate, attempt = path, 0
                 while self._taken(candidate.as_posix(), sop, staged.size, staged.md5, mine):
                     attempt += 1
@@ -117,18 +140,46 @@ class Placer:
 
     def commit(self, moves: Sequence[Move]) -> list[tuple[str, int]]:
         """Move every staged file into the tree; returns each folder touched with its mtime_ns
-        afterwards (the ledger's proof that nothing changed there since). Raises OSError."""
-        made: set[PurePosixPath] = set()
-        for move in moves:
+        afterwards (the ledger's proof that nothing changed there since).
+
+        No file is ever replaced: a path that already holds exactly the planned bytes is left
+        as it is, and a path holding another file (another shard placing into the same
+        folders since :meth:`plan`) raises PlacementConflict with nothing of the series moved
+        (what had moved is moved back to staging), so the caller plans again. Each move is a
+        hard link and an unlink (or a copy across filesystems), so no reader, and no kill -9,
+        ever leaves an empty or partial file in the tree. Raises OSError.
+        """
+        for move in moves:  # the common conflict, found before anything moves
             target = self.root / move.placed.path
-            parent = PurePosixPath(move.placed.path).parent
-            if parent not in made:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(parent)
-            if self._fsync:
-                _fsync_file(move.source)
-            os.replace(move.source, target)
-        if self._fsync:
+            if os.path.lexists(target) and not _holds(target, move.placed):
+                raise PlacementConflict(f"{move.placed.path} appeared in the tree since planning")
+        made: set[PurePosixPath] = set()
+        moved: list[Move] = []
+        copied = False
+        try:
+            for move in moves:
+                target = self.root / move.placed.path
+                parent = PurePosixPath(move.placed.path).parent
+                if parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(parent)
+                if self._fsync:
+                    _fsync_file(move.source)
+                try:
+                    copied |= move_into(move.source, target, self.landing, exclusive=True)
+                except FileExistsError:
+                    if _holds(target, move.placed):
+                        continue
+                    raise PlacementConflict(
+                        f"{move.placed.path} appeared in the tree while the series was placed"
+                    ) from None
+                moved.append(move)
+        except PlacementConflict:
+            for move in reversed(moved):
+                move_into(self.root / move.placed.path, move.source)
+            prune_empty(self.root, {(self.root / m.placed.path).parent for m in moves})
+            raise
+        if self._fsync or copied:
             for parent in made:
                 _fsync_dir(self.root / parent)
         self.release(moves)
@@ -142,11 +193,16 @@ class Placer:
         """Delete files a crashed run had begun to place, and the folders they leave empty."""
         parents: set[Path] = set()
         for item in placed:
-            target = self.root / item.path
+            target = self.root / (item.archive or item.path)  # a packed series: its archive
             target.unlink(missing_ok=True)
             parents.add(target.parent)
-        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
-            _prune_empty(parent, self.root)
+        prune_empty(self.root, parents)
+
+
+def prune_empty(root: Path, folders: Iterable[Path]) -> None:
+    """Remove each of ``folders`` (under ``root``) and its parents up to ``root`` while empty."""
+    for folder in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
+        _prune_empty(folder, root)
 
 
 def _prune_empty(folder: Path, root: Path) -> None:
@@ -156,6 +212,24 @@ def _prune_empty(folder: Path, root: Path) -> None:
         except OSError:
             return
         folder = folder.parent
+
+
+def remove_unfilled_claim(path: Path) -> None:
+    """Remove ``path`` if it is an empty file (settling a series whose file there never
+    arrived: no DICOM file is empty)."""
+    with contextlib.suppress(OSError):
+        if not path.is_symlink() and path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+
+
+def _holds(target: Path, placed: PlacedFile) -> bool:
+    """Whether ``target`` is a regular file with exactly ``placed``'s size and MD5."""
+    try:
+        if target.is_symlink() or not target.is_file() or target.stat().st_size != placed.size:
+            return False
+        return _md5_of(target) == placed.md5
+    except OSError:
+        return False
 
 
 def _fsync_file(path: Path) -> None:

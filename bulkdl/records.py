@@ -224,6 +224,8 @@ class PlacedFile:
     """One file in the output tree, as the ledger records it (``path`` relative, POSIX).
 
     ``sha256`` is empty for files recorded by a ledger older than the column's first use.
+    ``archive`` is the tree path of the series archive holding the file (``--pack``), whose
+    ``path`` is then ``<archive>/<member name>``; empty for a file of its own.
     """
 
     path: str
@@ -231,3 +233,4 @@ class PlacedFile:
     size: int
     md5: str
     sha256: str
+    archive: str = ""

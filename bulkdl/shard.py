@@ -58,9 +58,14 @@ class Shard:
         return [item for item in items if self.owns(uid_of(item))]
 
     @property
+    def tag(self) -> str:
+        """``<K>of<N>``: what names this shard's ledger, lock and staging folder."""
+        return f"{self.index}of{self.count}"
+
+    @property
     def ledger_name(self) -> str:
         """This shard's ledger file name under ``DIR/.bulkdl/``."""
-        return f"ledger-{self.index}of{self.count}.sqlite"
+        return f"ledger-{self.tag}.sqlite"
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"

@@ -5,7 +5,8 @@ migrate find what they expect. ``failures.csv`` names every failed series with i
 itself a manifest (it has a ``SeriesInstanceUID`` column): ``bulkdl download DIR/failures.csv``
 retries exactly those. ``LICENSES/<Collection>.txt`` holds each collection's licence once. Each
 file is written whole to a temporary name under ``.bulkdl/`` and renamed into place, so a reader
-never sees half of one. Blocking file I/O.
+never sees half of one; metadata.csv is written as the ledger's pages are read, so a
+200,000-series ledger never sits in memory whole. Blocking file I/O.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date
-from pathlib import Path, PurePosixPath
-from typing import Final
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Final, Protocol
 
 from bulkdl import dicom
 from bulkdl.layout import sanitize_component
-from bulkdl.ledger import Ledger, SeriesState
-from bulkdl.records import PlacedFile
+from bulkdl.ledger import SeriesState, State
 
 METADATA_COLUMNS: Final = (
     "Series UID",
@@ -43,57 +44,87 @@ METADATA_COLUMNS: Final = (
     "Download Timestamp",
 )
 FAILURE_COLUMNS: Final = ("SeriesInstanceUID", "Reason", "Attempts")
+#: What metadata.csv takes from each series' record.
+RECORD_FIELDS: Final = (
+    "Collection",
+    "ThirdPartyAnalysis",
+    "DataDescriptionURI",
+    "PatientID",
+    "StudyInstanceUID",
+    "StudyDescription",
+    "StudyDate",
+    "SeriesDescription",
+    "Manufacturer",
+    "Modality",
+)
 
 
-def _nbia_date(value: date | None) -> str:
-    return value.strftime("%m-%d-%Y") if value else ""
+class LedgerView(Protocol):
+    """What the sidecars are written from: one :class:`~bulkdl.ledger.Ledger`, or every ledger
+    of a tree merged (:class:`~bulkdl.merged.MergedLedgers`)."""
+
+    def states_in(
+        self, *states: State, fields: Sequence[str] = ()
+    ) -> Iterator[tuple[SeriesState, tuple[Any, ...]]]: ...
+
+    def series_folders(self) -> dict[str, str]: ...
+
+    def licenses(self) -> dict[str, str]: ...
 
 
-def series_folder(files: Sequence[PlacedFile]) -> str:
-    """The folder holding a series' files (their deepest common parent), as ``./a/b``."""
-    parents = [PurePosixPath(f.path).parent.parts for f in files]
-    if not parents:
+@lru_cache(maxsize=4096)
+def _nbia_date(iso: str | None) -> str:
+    """An ISO date as the Data Retriever writes it (MM-DD-YYYY); most series share a few."""
+    return date.fromisoformat(iso).strftime("%m-%d-%Y") if iso else ""
+
+
+def series_folder(folder: str | None) -> str:
+    """A series' folder (as :meth:`Ledger.series_folders` gives it; None when it has no files)
+    as metadata.csv shows it: ``./a/b``, ``.`` for the tree's root, empty for none."""
+    if folder is None:
         return ""
-    common: list[str] = []
-    for parts in zip(*parents, strict=False):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    return "./" + "/".join(common) if common else "."
+    return f"./{folder}" if folder else "."
 
 
 def metadata_rows(
-    states: Iterable[SeriesState], files: Mapping[str, Sequence[PlacedFile]]
-) -> list[dict[str, str]]:
-    """One metadata.csv row per placed (done or incomplete) series."""
-    rows = []
-    for st in states:
-        if st.state not in ("done", "incomplete") or st.record is None:
-            continue
-        rec = st.record
+    placed: Iterable[tuple[SeriesState, Sequence[Any]]], folders: Mapping[str, str]
+) -> Iterator[list[str]]:
+    """One metadata.csv row (values in ``METADATA_COLUMNS`` order) per placed series: its state
+    and the values of ``RECORD_FIELDS`` in its record (:meth:`Ledger.states_in`); ``folders``
+    maps a series to the folder of its files (:meth:`Ledger.series_folders`)."""
+    for st, values in placed:
+        (
+            collection,
+            third_party,
+            description_uri,
+            patient_id,
+            study_uid,
+            study_description,
+            study_date,
+            series_description,
+            manufacturer,
+            modality,
+        ) = values
         sop_class = st.sop_class_uid or ""
-        rows.append(
-            {
-                "Series UID": st.uid,
-                "Collection": rec.Collection or "",
-                "3rd Party Analysis": rec.ThirdPartyAnalysis or "",
-                "Data Description URI": rec.DataDescriptionURI or "",
-                "Subject ID": rec.PatientID or "",
-                "Study UID": rec.StudyInstanceUID or "",
-                "Study Description": rec.StudyDescription or "",
-                "Study Date": _nbia_date(rec.StudyDate),
-                "Series Description": rec.SeriesDescription or "",
-                "Manufacturer": rec.Manufacturer or "",
-                "Modality": rec.Modality or "",
-                "SOP Class Name": dicom.sop_class_name(sop_class) if sop_class else "",
-                "SOP Class UID": sop_class,
-                "Number of Images": str(st.actual_images or 0),
-                "File Size": str(st.actual_bytes or 0),
-                "File Location": series_folder(files.get(st.uid, ())),
-                "Download Timestamp": st.completed_at or "",
-            }
-        )
-    return rows
+        yield [
+            st.uid,
+            collection or "",
+            third_party or "",
+            description_uri or "",
+            patient_id or "",
+            study_uid or "",
+            study_description or "",
+            _nbia_date(study_date),
+            series_description or "",
+            manufacturer or "",
+            modality or "",
+            dicom.sop_class_name(sop_class) if sop_class else "",
+            sop_class,
+            str(st.actual_images or 0),
+            str(st.actual_bytes or 0),
+            series_folder(folders.get(st.uid)),
+            st.completed_at or "",
+        ]
 
 
 def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> str:
@@ -110,21 +141,26 @@ def _write_atomic(target: Path, text: str, scratch: Path) -> None:
     os.replace(temporary, target)
 
 
-def write_all(ledger: Ledger, out: Path) -> None:
+def _write_metadata(ledger: LedgerView, target: Path, scratch: Path) -> None:
+    temporary = scratch / f".{target.name}.{os.getpid()}.tmp"
+    with temporary.open("w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\r\n")
+        writer.writerow(METADATA_COLUMNS)
+        placed = ledger.states_in("done", "incomplete", fields=RECORD_FIELDS)
+        writer.writerows(metadata_rows(placed, ledger.series_folders()))
+    os.replace(temporary, target)
+
+
+def write_all(ledger: LedgerView, out: Path) -> None:
     """Rewrite metadata.csv, failures.csv (removed when nothing failed) and LICENSES/ under out.
 
     Raises OSError when the output folder refuses the writes.
     """
     scratch = out / ".bulkdl"
-    states = list(ledger.states().values())
-    files = ledger.files_by_series()
-    _write_atomic(
-        out / "metadata.csv", _csv_text(METADATA_COLUMNS, metadata_rows(states, files)), scratch
-    )
+    _write_metadata(ledger, out / "metadata.csv", scratch)
     failed = [
         {"SeriesInstanceUID": st.uid, "Reason": st.last_error or "", "Attempts": str(st.attempts)}
-        for st in states
-        if st.state == "failed"
+        for st, _ in ledger.states_in("failed")
     ]
     failures = out / "failures.csv"
     if failed:

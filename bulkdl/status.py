@@ -13,22 +13,17 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from bulkdl.errors import ExitCode, InputError
-from bulkdl.ledger import SeriesState, merged_states, open_all
+from bulkdl.errors import ExitCode
+from bulkdl.ledger import SeriesState
+from bulkdl.merged import MergedLedgers
 
 STATES = ("done", "incomplete", "failed", "pending", "placing")
 
 
 def collect(out: Path) -> dict[str, SeriesState]:
     """The merged series states of ``out``. Raises InputError when it holds no ledger."""
-    ledgers = open_all(out)
-    if not ledgers:
-        raise InputError(f"{out}: no bulkdl ledger here (is it a bulkdl output folder?)")
-    try:
-        return merged_states(ledgers)
-    finally:
-        for ledger in ledgers:
-            ledger.close()
+    with MergedLedgers.open(out) as merged:
+        return merged.states()
 
 
 def report(states: dict[str, SeriesState]) -> dict[str, object]:
@@ -53,8 +48,9 @@ def report(states: dict[str, SeriesState]) -> dict[str, object]:
     }
 
 
-def print_status(out: Path, *, as_json: bool = False, stream: TextIO = sys.stdout) -> int:
-    """Print ``out``'s status; returns 0 when all is placed, 1 otherwise."""
+def print_status(out: Path, *, as_json: bool = False, stream: TextIO | None = None) -> int:
+    """Print ``out``'s status (to stdout by default); returns 0 when all is placed, else 1."""
+    stream = stream or sys.stdout
     data = report(collect(out))
     counts = data["counts"]
     assert isinstance(counts, dict)

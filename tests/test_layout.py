@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from bulkdl.errors import InputError
 from bulkdl.layout import PRESETS, Layout, dedupe_name, resolve_layout, sanitize_component
+from bulkdl.place import Placer
+from bulkdl.records import Series, StagedFile
 
 # One LIDC-IDRI instance, as its header and TCIA's series record give it.
 STUDY = "1.3.6.1.4.1.14519.5.2.1.6279.6001.298806137288633453246975630178"
@@ -57,7 +59,7 @@ def parse_error(template: str) -> str:
     [
         ("default", f"LIDC-IDRI-0001/{STUDY}/{SERIES}/{SOP}.dcm"),
         ("nbia-classic", f"LIDC-IDRI/LIDC-IDRI-0001/{STUDY}/{SERIES}/{SOP}.dcm"),
-        ("idc", f"LIDC-IDRI/LIDC-IDRI-0001/{STUDY}/CT_{SERIES}/{SOP}.dcm"),
+        ("idc", f"lidc_idri/LIDC-IDRI-0001/{STUDY}/CT_{SERIES}/{SOP}.dcm"),
         ("flat", f"{SERIES}/{SOP}.dcm"),
     ],
 )
@@ -69,8 +71,8 @@ def test_presets_render_real_values_unchanged(preset: str, expected: str) -> Non
 
 
 def test_preset_names_and_keywords() -> None:
-    """The four presets exist and report exactly the keywords they read."""
-    assert sorted(PRESETS) == ["default", "flat", "idc", "nbia-classic"]
+    """The five presets exist and report exactly the keywords they read."""
+    assert sorted(PRESETS) == ["default", "flat", "idc", "nbia-classic", "nbia-descriptive"]
     assert resolve_layout("idc").keywords == {
         "Collection",
         "PatientID",
@@ -80,6 +82,11 @@ def test_preset_names_and_keywords() -> None:
         "SOPInstanceUID",
     }
     assert resolve_layout("flat").keywords == {"SeriesInstanceUID", "SOPInstanceUID"}
+    assert resolve_layout("nbia-descriptive").keywords == {
+        *("Collection", "PatientID", "StudyDate", "StudyID", "StudyDescription"),
+        *("StudyInstanceUID", "SeriesNumber", "SeriesDescription", "SeriesInstanceUID"),
+        *("AcquisitionNumber", "InstanceNumber"),
+    }
 
 
 def test_resolve_layout_takes_a_template_and_rejects_unknown_presets() -> None:
@@ -97,6 +104,9 @@ def test_missing_values_become_the_fallback() -> None:
         {"PatientID": None, "StudyInstanceUID": "", "Modality": "  "}
     )
     assert path == PurePosixPath("unknown/unknown/unknown/unknown_unknown/unknown.dcm")
+    assert resolve_layout("nbia-descriptive").render({}) == PurePosixPath(
+        "unknown/unknown/unknown/unknown/unknown-unknown.dcm"
+    )
 
 
 def test_dicom_padding_is_stripped() -> None:
@@ -107,16 +117,177 @@ def test_dicom_padding_is_stripped() -> None:
 
 
 def test_descriptive_layout_can_be_expressed() -> None:
-    """The NBIA Data Retriever's descriptive example path comes out of a template."""
+    """The Data Retriever's example path also comes out of a hand-written template."""
     assert render(DESCRIPTIVE, **{**VALUES, "InstanceNumber": "1"}) == (
         "LIDC-IDRI/LIDC-IDRI-0001/01-01-2000-NA-NA-30178/3000566.000000-NA-03192/1-001.dcm"
     )
 
 
-def test_descriptive_layout_replaces_slashes_in_descriptions() -> None:
-    """A '/' in a description becomes '-' as the retriever does, not a new folder."""
-    path = Layout.parse(DESCRIPTIVE).render({**VALUES, "SeriesDescription": "CHEST/ABD"})
-    assert path.parts[3] == "3000566.000000-CHEST-ABD-03192"
+# --- nbia-descriptive --------------------------------------------------------------------------
+
+# What the headers of LIDC-IDRI-0001's CT series say (TCIA keeps "NA" in its empty fields).
+LIDC_HEADER = {
+    "Collection": "LIDC-IDRI",
+    "PatientID": "LIDC-IDRI-0001",
+    "StudyDate": "20000101",
+    "StudyID": "NA",
+    "StudyDescription": "NA",
+    "StudyInstanceUID": STUDY,
+    "SeriesNumber": "3000566",
+    "SeriesDescription": "NA",
+    "SeriesInstanceUID": SERIES,
+    "AcquisitionNumber": "1",
+}
+LIDC_PATH = "LIDC-IDRI/LIDC-IDRI-0001/01-01-2000-NA-NA-30178/3000566.000000-NA-03192/1-001.dcm"
+
+
+def descriptive(instances: int = 133, **changes: str) -> list[str]:
+    """The nbia-descriptive paths of a series of ``instances`` files (InstanceNumber 1...)."""
+    layout = resolve_layout("nbia-descriptive")
+    rows = [{**LIDC_HEADER, **changes, "InstanceNumber": str(n)} for n in range(1, instances + 1)]
+    context = layout.series_context(rows)
+    return [layout.render(row, context).as_posix() for row in rows]
+
+
+def test_nbia_descriptive_reproduces_the_lidc_example() -> None:
+    """LIDC-IDRI-0001's first slice lands exactly where the NBIA Data Retriever puts it."""
+    paths = descriptive()
+    assert paths[0] == LIDC_PATH
+    assert paths[132].endswith("/3000566.000000-NA-03192/1-133.dcm")
+
+
+def test_nbia_descriptive_through_the_placer(tmp_path: Path) -> None:
+    """The placer measures the series' widths itself: a download gets 1-001.dcm unaided."""
+    placer = Placer(tmp_path, resolve_layout("nbia-descriptive"), lambda _path: None)
+    staged = [
+        StagedFile(
+            f"{n:08d}.dcm",
+            tmp_path / f"{n}.dcm",
+            1,
+            "0" * 32,
+            "0" * 64,
+            {**LIDC_HEADER, "InstanceNumber": str(n), "SOPInstanceUID": f"{SOP}.{n}"},
+        )
+        for n in range(1, 134)
+    ]
+    moves = placer.plan(Series(SERIES, Collection="LIDC-IDRI"), staged)
+    assert sorted(m.placed.path for m in moves)[0] == LIDC_PATH
+    assert len({m.placed.path for m in moves}) == 133
+
+
+@pytest.mark.parametrize(
+    ("instances", "first", "last"),
+    [(9, "1-1.dcm", "1-9.dcm"), (10, "1-01.dcm", "1-10.dcm"), (1000, "1-0001.dcm", "1-1000.dcm")],
+)
+def test_nbia_descriptive_file_names_take_their_width_from_the_series(
+    instances: int, first: str, last: str
+) -> None:
+    """Instance numbers are padded to the width of the series' largest, as NBIA names them."""
+    paths = descriptive(instances)
+    assert (paths[0].rsplit("/", 1)[1], paths[-1].rsplit("/", 1)[1]) == (first, last)
+
+
+def test_nbia_descriptive_pads_each_acquisition_and_instance_number_separately() -> None:
+    """Two acquisitions and leading zeros in the header: '1-01.dcm' ... '12-12.dcm'."""
+    layout = resolve_layout("nbia-descriptive")
+    rows = [
+        {**LIDC_HEADER, "AcquisitionNumber": acq, "InstanceNumber": inst}
+        for acq, inst in (("1", "0001"), ("+12", "12"), ("2", " 3 "))
+    ]
+    context = layout.series_context(rows)
+    names = [layout.render(row, context).name for row in rows]
+    assert names == ["01-01.dcm", "12-12.dcm", "02-03.dcm"]
+    assert layout.render(rows[0]).name == "1-1.dcm"  # no series context: each number's own width
+
+
+@pytest.mark.parametrize(
+    ("changes", "study", "series"),
+    [
+        ({}, "01-01-2000-NA-NA-30178", "3000566.000000-NA-03192"),
+        ({"StudyID": "", "StudyDescription": ""}, "01-01-2000-30178", "3000566.000000-NA-03192"),
+        (
+            {"StudyID": "null", "SeriesDescription": "null"},
+            "01-01-2000-NA-30178",
+            "3000566.000000-03192",
+        ),
+        ({"StudyDate": "", "SeriesNumber": ""}, "NA-NA-30178", "NA-03192"),
+        (
+            {"StudyDescription": "CT/CHEST", "SeriesDescription": "1/2"},
+            "01-01-2000-NA-CT-CHEST-30178",
+            "3000566.000000-1-2-03192",
+        ),
+        ({"SeriesDescription": "/"}, "01-01-2000-NA-NA-30178", "3000566.000000-03192"),
+        ({"StudyID": "A/B"}, "01-01-2000-A-B-NA-30178", "3000566.000000-NA-03192"),
+        ({"SeriesNumber": "500.000000"}, "01-01-2000-NA-NA-30178", "500.000000-NA-03192"),
+        ({"SeriesNumber": "0"}, "01-01-2000-NA-NA-30178", "0.000000-NA-03192"),
+        ({"StudyDate": "2000"}, "2000-NA-NA-30178", "3000566.000000-NA-03192"),
+        (
+            {"SeriesDescription": "Recon 2  LUNG"},
+            "01-01-2000-NA-NA-30178",
+            "3000566.000000-Recon 2  LUNG-03192",
+        ),
+    ],
+)
+def test_nbia_descriptive_follows_the_data_retriever_rules(
+    changes: dict[str, str], study: str, series: str
+) -> None:
+    """Empty and 'null' parts drop with their dash, '/' becomes '-', NA is kept as a value."""
+    parts = PurePosixPath(descriptive(1, **changes)[0]).parts
+    assert parts[2:4] == (study, series)
+
+
+def test_nbia_descriptive_cuts_descriptions_at_53_characters() -> None:
+    """Descriptions are cut to their first 53 characters (after '/' became '-')."""
+    long = "ABCDEFGHIJ/" * 6  # 66 characters
+    parts = PurePosixPath(descriptive(1, StudyDescription=long, SeriesDescription=long)[0]).parts
+    cut = long.replace("/", "-")[:53]
+    assert parts[2] == f"01-01-2000-NA-{cut}-30178"
+    assert parts[3] == f"3000566.000000-{cut}-03192"
+    assert len(cut) == 53
+
+
+def test_nbia_descriptive_keeps_hostile_values_inside_the_tree() -> None:
+    """A description of '..' or with control characters is sanitized like any value."""
+    parts = PurePosixPath(
+        descriptive(1, StudyDescription="..", SeriesDescription="a\x00b")[0]
+    ).parts
+    assert parts[2] == "01-01-2000-NA-..-30178"
+    assert parts[3].startswith("3000566.000000-a_b-03192~")
+
+
+# --- derived values and series-wide filters ----------------------------------------------------
+
+
+def test_collection_id_is_idc_s_lower_case_underscore_form() -> None:
+    """{collection_id} is Collection as IDC writes it; a value given for it is kept as is."""
+    layout = Layout.parse("{collection_id}")
+    assert layout.keywords == {"Collection"}
+    for collection, expected in [
+        ("LIDC-IDRI", "lidc_idri"),
+        ("NSCLC Radiomics-Genomics", "nsclc_radiomics_genomics"),
+        ("CPTAC-CCRCC", "cptac_ccrcc"),
+        (" TCGA--BRCA ", "tcga_brca"),
+    ]:
+        assert layout.render({"Collection": collection}).as_posix() == expected
+    assert layout.render({"collection_id": "given", "Collection": "X-Y"}).as_posix() == "given"
+    assert layout.render({}).as_posix() == "unknown"
+
+
+def test_series_context_measures_the_value_as_it_reaches_padmax() -> None:
+    """Filters before padmax apply first; values that are not integers do not count."""
+    layout = Layout.parse("{N|int|padmax}")
+    rows = [{"N": "7.000000"}, {"N": "123.5"}, {"N": "x"}, {"N": ""}, {}]
+    context = layout.series_context(rows)
+    assert [layout.render(row, context).as_posix() for row in rows] == [
+        "007",
+        "123",
+        "x",
+        "unknown",
+        "unknown",
+    ]
+    assert Layout.parse("{N}").series_context(rows).widths == {}
+    assert not Layout.parse("{N|pad(3)}").series_wide
+    assert Layout.parse("{N|padmax}").series_wide
 
 
 # --- filters -----------------------------------------------------------------------------------
@@ -152,6 +323,21 @@ def test_descriptive_layout_replaces_slashes_in_descriptions() -> None:
         ("{V|prefix(S)}", "3", "S3"),
         ("{V|suffix(-)}", "3", "3-"),
         ("{V|replace(/,-)}", "a/b/c", "a-b-c"),
+        ("{V|omit(null)|default()}x", "null", "x"),
+        ("{V|omit(null)}", "nullx", "nullx"),
+        ("{V|omit(-)|default(NA)}", "-", "NA"),
+        ("{V|decimal(6)}", "3000566", "3000566.000000"),
+        ("{V|decimal(6)}", "500.000000", "500.000000"),
+        ("{V|decimal(2)}", "1.005", "1.01"),
+        ("{V|decimal(1)}", "-0.01", "0.0"),
+        ("{V|decimal(3)}", "+7", "7.000"),
+        ("{V|decimal(3)}", "1e3", "1e3"),
+        ("{V|decimal(3)}", "9" * 40, "9" * 40),
+        ("{V|snake}", "Head-Neck Cetuximab", "head_neck_cetuximab"),
+        ("{V|padmax}", "007", "7"),
+        ("{V|padmax}", "-03", "-3"),
+        ("{V|padmax}", "1.5", "1.5"),
+        ("{V|padmax}", "9" * 300, "9" * 246 + "~" + hashlib.sha256(b"9" * 300).hexdigest()[:8]),
         ("{V|default()|suffix(-)}x", "", "x"),
         ("{V|default(n_a)|upper}", "", "N_A"),
         ("{V|upper|default(n_a)}", "", "n_a"),
@@ -310,6 +496,13 @@ def test_dedupe_name_stays_within_255_bytes() -> None:
         ("{X|date(%Q)}", "unknown date directive '%Q'", 9),
         ("{X|default(a/b)}", "'/' is not allowed", 13),
         ("{X|replace(a)}", "OLD,NEW", 12),
+        ("{X|omit()}", "needs the text to omit", 9),
+        ("{X|omit}", "needs an argument", 4),
+        ("{X|decimal(0)}", "from 1 to 20", 12),
+        ("{X|decimal(21)}", "from 1 to 20", 12),
+        ("{X|padmax(3)}", "takes no argument", 10),
+        ("{X|snake(3)}", "takes no argument", 9),
+        ("{_X}", "must start with a DICOM keyword", 2),
         ("{X!}", "expected '|'", 3),
         ("{X|}", "expected a filter name", 4),
         ("{X{Y}}", "'{' inside a placeholder", 3),
@@ -344,7 +537,11 @@ def test_literal_braces_and_text_parse() -> None:
 
 # --- properties --------------------------------------------------------------------------------
 
-KEYWORDS = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"]
+KEYWORDS = [
+    *("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"),
+    *("Collection", "StudyID", "StudyDescription", "SeriesDescription", "SeriesNumber"),
+    *("InstanceNumber", "AcquisitionNumber", "StudyDate"),
+]
 HOSTILE = st.sampled_from(["", ".", "..", "/", "\\", "\x00", "\u202e", "CON", "nul", "~", "a", "é"])
 RAW = st.one_of(
     st.text(),
@@ -356,6 +553,7 @@ TEMPLATES = st.sampled_from(
     [
         *PRESETS.values(),
         DESCRIPTIVE,
+        "{collection_id}/{InstanceNumber|padmax}",
         "{PatientID}{Modality}.{SOPInstanceUID}",
         "x{Modality|last(3)}",
     ]
@@ -407,6 +605,7 @@ TEMPLATE_TEXT = st.lists(
             *("{", "}", "{{", "}}", "|", "(", ")", "/", ".", "..", "\\", ":", " ", "\x00", "%"),
             *("PatientID", "X", "last", "first(3", "date(%m-%d-%Y)", "default()", "int"),
             *("pad(4)", "replace(/,-)", "nope", "CON", ",", "5", "é", "\u202e"),
+            *("omit(null)", "decimal(6)", "padmax", "snake", "collection_id", "_"),
         ]
     )
 ).map("".join)

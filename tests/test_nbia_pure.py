@@ -488,6 +488,36 @@ def test_patient_and_study_rows() -> None:
     assert (st_.StudyDate, st_.SeriesCount, st_.StudyDescription) == (date(2017, 11, 20), 4, "DBT")
 
 
+_BATCH_COLUMNS = [
+    "SeriesInstanceUID",
+    "Series UID",
+    "StudyDesc",
+    "StudyDescription",
+    "ImageCount",
+    "SeriesDate",
+    "Phantom",
+    "PixelSpacing(mm)-Row",
+    "Modality",
+]
+_BATCH_VALUES = st.sampled_from(["", " ", "1.2", " 1.2", "500.000000", "09-15-1997", "x", "CT"])
+
+
+@given(
+    st.lists(st.sampled_from(_BATCH_COLUMNS), min_size=1, max_size=6, unique=True),
+    st.lists(st.lists(_BATCH_VALUES, min_size=6, max_size=6), max_size=4),
+)
+def test_batch_of_rows_reads_as_each_row(columns: list[str], values: list[list[str]]) -> None:
+    """series_from_rows gives what series_from_row gives row by row, or the same error."""
+    rows = [dict(zip(columns, row, strict=False)) for row in values]
+    try:
+        one_by_one = [nbia.series_from_row(row, URL) for row in rows]
+    except ResponseError:
+        with pytest.raises(ResponseError):
+            nbia.series_from_rows(rows, URL)
+        return
+    assert nbia.series_from_rows(rows, URL) == one_by_one
+
+
 @pytest.mark.parametrize(
     "row",
     [

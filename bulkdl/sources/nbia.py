@@ -16,12 +16,12 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
 from bulkdl.errors import InputError, ResponseError
@@ -376,6 +376,7 @@ def normalize_row(row: Mapping[str, str]) -> tuple[dict[str, str], list[tuple[st
 
 
 R = TypeVar("R")
+V = TypeVar("V")
 
 
 _FIELD_KINDS: dict[type[Any], dict[str, str]] = {}
@@ -388,26 +389,82 @@ def _field_kinds(cls: type[Any]) -> dict[str, str]:
     return kinds
 
 
+Kind = Literal["str", "int", "date", "extra", "unknown"]
+# Every row of an answer has the same columns: each column's keyword and kind is worked out
+# once per record class (a bounded number of columns, against hostile answers).
+_COLUMN_PLANS: dict[type[Any], dict[str, tuple[str, Kind]]] = {}
+_MAX_PLANNED_COLUMNS: Final = 1024
+# Equal ``extra`` pairs and tuples are shared: 200,000 rows repeat a few of them.
+_SHARED: dict[Any, Any] = {}
+_MAX_SHARED: Final = 1 << 16
+
+
+def _column_plan(cls: type[Any], column: str) -> tuple[str, Kind]:
+    """(keyword, how its value is read) of ``column`` in rows of ``cls``, remembered for the
+    next rows. An ``unknown`` column keeps its own name; it goes to ``extra`` as it came, as does
+    a keyword ``cls`` has no field for (``extra`` kind)."""
+    keyword = keyword_of(column)
+    kind = _field_kinds(cls).get(keyword or "")
+    plan: tuple[str, Kind]
+    if keyword is None:
+        plan = (column, "unknown")
+    elif kind is None or keyword == "extra":
+        plan = (keyword, "extra")
+    elif kind.startswith("int"):
+        plan = (keyword, "int")
+    elif kind.startswith("date"):
+        plan = (keyword, "date")
+    else:
+        plan = (keyword, "str")
+    plans = _COLUMN_PLANS.setdefault(cls, {})
+    if len(plans) < _MAX_PLANNED_COLUMNS:
+        plans[column] = plan
+    return plan
+
+
+def _shared(value: V) -> V:
+    """The object kept for a value equal to ``value``, or ``value`` itself (then kept)."""
+    kept = _SHARED.get(value)
+    if kept is not None:
+        return cast(V, kept)
+    if len(_SHARED) < _MAX_SHARED:
+        _SHARED[value] = value
+    return value
+
+
 def _record(cls: type[R], row: Mapping[str, str], key: str, url: str | None) -> R:
-    known, unknown = normalize_row(row)
-    if key not in known:
+    """``cls`` from a row as :func:`normalize_row` splits it: a keyword's first non-empty value
+    wins; values are stripped (and interned: most repeat across rows); the unknown columns,
+    then the keywords ``cls`` has no field for, go to ``extra``."""
+    kwargs: dict[str, Any] = {}
+    unknown: list[tuple[str, str]] = []
+    others: dict[str, str] = {}
+    plans = _COLUMN_PLANS.get(cls, {})
+    for column, value in row.items():
+        keyword, kind = plans.get(column) or _column_plan(cls, column)
+        if kind == "unknown":
+            if value.strip():
+                unknown.append((column, value))
+            continue
+        if keyword in kwargs or keyword in others:
+            continue
+        text = value.strip()
+        if not text:
+            continue
+        if kind == "str":
+            kwargs[keyword] = sys.intern(text)
+        elif kind == "int":
+            kwargs[keyword] = parse_int(text)
+        elif kind == "date":
+            kwargs[keyword] = parse_date(text)
+        else:
+            others[keyword] = sys.intern(text)
+    if key not in kwargs:
         raise ResponseError(
             f"{endpoint_of(url) if url else 'NBIA'}: a row has no {key}", url=url, status=200
         )
-    kwargs: dict[str, Any] = {}
-    extra = list(unknown)
-    names = _field_kinds(cls)
-    for keyword, value in known.items():
-        kind = names.get(keyword)
-        if kind is None or keyword == "extra":
-            extra.append((keyword, value))
-        elif kind.startswith("int"):
-            kwargs[keyword] = parse_int(value)
-        elif kind.startswith("date"):
-            kwargs[keyword] = parse_date(value)
-        else:
-            kwargs[keyword] = value
-    kwargs["extra"] = tuple(extra)
+    pairs = [*unknown, *others.items()]
+    kwargs["extra"] = _shared(tuple(_shared(pair) for pair in pairs)) if pairs else ()
     return cls(**kwargs)
 
 
@@ -417,6 +474,81 @@ def series_from_row(row: Mapping[str, str], url: str | None = None) -> Series:
     Raises :class:`ResponseError` if the row has no SeriesInstanceUID.
     """
     return _record(Series, row, "SeriesInstanceUID", url)
+
+
+_CONVERT: Final[Mapping[Kind, Callable[[str], Any]]] = {
+    "str": sys.intern,
+    "int": parse_int,
+    "date": parse_date,
+}
+_SERIES_FIELDS: Final = tuple(f.name for f in fields(Series))
+
+
+def series_from_rows(rows: Sequence[Mapping[str, str]], url: str | None = None) -> list[Series]:
+    """:func:`series_from_row` of each row; a column at a time when every row has the same
+    columns in the same order, as CSV rows do (a 200,000-series manifest is 200 such answers):
+    most columns hold one value all the way down, which is then read once.
+
+    Raises :class:`ResponseError` if a row has no SeriesInstanceUID.
+    """
+    if not rows:
+        return []
+    header = tuple(rows[0])
+    plans = [_column_plan(Series, column) for column in header]
+    sources: dict[str, list[int]] = {}
+    for index, (keyword, kind) in enumerate(plans):
+        if kind != "unknown":
+            sources.setdefault(keyword, []).append(index)
+    twice_in_extra = any(len(i) > 1 and plans[i[0]][1] == "extra" for i in sources.values())
+    if twice_in_extra or any(tuple(row) != header for row in rows):
+        # Rows of different shapes (JSON leaves nulls out), or a keyword kept in ``extra``
+        # under two spellings: one row at a time.
+        return [series_from_row(row, url) for row in rows]
+    cells: list[tuple[str, ...]] = list(zip(*[row.values() for row in rows], strict=True))
+    stripped = [[value.strip() for value in column] for column in cells]
+    columns: dict[str, list[Any]] = {}
+    for keyword, indexes in sources.items():
+        kind = plans[indexes[0]][1]
+        if kind != "extra":
+            texts = stripped[indexes[0]]
+            for index in indexes[1:]:  # another spelling: the first non-empty value wins
+                texts = [a or b for a, b in zip(texts, stripped[index], strict=True)]
+            columns[keyword] = _converted(texts, _CONVERT[kind])
+    uids = columns.get("SeriesInstanceUID")
+    if uids is None or not all(uids):
+        where = endpoint_of(url) if url else "NBIA"
+        raise ResponseError(f"{where}: a row has no SeriesInstanceUID", url=url, status=200)
+    # extra: the unknown columns as they came, then the keywords Series has no field for.
+    extra: list[tuple[str, Sequence[str], list[str]]] = [
+        (header[i], cells[i], stripped[i]) for i, p in enumerate(plans) if p[1] == "unknown"
+    ]
+    extra += [(p[0], stripped[i], stripped[i]) for i, p in enumerate(plans) if p[1] == "extra"]
+    columns["extra"] = _extras(extra, len(rows))
+    absent = [None] * len(rows)
+    return list(map(Series, *(columns.get(name, absent) for name in _SERIES_FIELDS)))
+
+
+def _converted(texts: list[str], convert: Callable[[str], Any]) -> list[Any]:
+    """``convert`` of each non-empty text, None for an empty one (once for a repeated text)."""
+    first = texts[0]
+    if texts.count(first) == len(texts):
+        return [convert(first) if first else None] * len(texts)
+    return [convert(text) if text else None for text in texts]
+
+
+def _extras(
+    columns: Sequence[tuple[str, Sequence[str], list[str]]], count: int
+) -> list[tuple[tuple[str, str], ...]]:
+    """Each of ``count`` rows' ``extra``: (name, value) of each of ``columns`` (name, values,
+    values stripped) where the row's stripped value is not empty, in column order."""
+    if all(values.count(values[0]) == count for _, values, _ in columns):
+        pairs = [(name, values[0]) for name, values, kept in columns if kept[0]]
+        return [_shared(tuple(_shared(pair) for pair in pairs))] * count
+    out = []
+    for row in range(count):
+        pairs = [(name, values[row]) for name, values, kept in columns if kept[row]]
+        out.append(_shared(tuple(_shared(pair) for pair in pairs)))
+    return out
 
 
 def study_from_row(row: Mapping[str, str], url: str | None = None) -> Study:

@@ -248,12 +248,12 @@ class NbiaClient:
         """The series matching ``query`` (every filter exact, case-insensitive)."""
         params = {**query.to_params(), **_JSON}
         rows = await self._rows("getSeries", params, query.series_uid)
-        return [nbia.series_from_row(r) for r in rows]
+        return nbia.series_from_rows(rows)
 
     async def updated_series(self, since: date) -> list[Series]:
         """Series updated on or after ``since``."""
         rows = await self._rows("getUpdatedSeries", {"fromDate": since, **_JSON})
-        return [nbia.series_from_row(r) for r in rows]
+        return nbia.series_from_rows(rows)
 
     async def series_size(self, uid: str) -> SeriesSize:
         """Image count and total bytes of one series (slow on the server; prefer FileSize)."""
@@ -269,16 +269,32 @@ class NbiaClient:
         """Metadata of many series through POST getSeriesMetadata, in batches.
 
         Returns (found, missing): found in the order asked, missing the UIDs the archive did
-        not return (unknown, or not ours to see).
+        not return (unknown, or not ours to see). The batches are asked for one at a time, each
+        while the rows of the one before become records in a worker thread: the server's time
+        and ours overlap (200 batches for a 200,000-series manifest).
         """
         wanted = list(dict.fromkeys(uids))
         by_uid: dict[str, Series] = {}
-        for batch in nbia.metadata_batches(wanted, self.metadata_batch):
-            req = self._request("getSeriesMetadata", {"list": nbia.metadata_form_list(batch)})
-            rows = await self._send(req, None, partial(_parse, req))
-            for row in rows:
-                record = nbia.series_from_row(row, req.display_url)
-                by_uid.setdefault(record.SeriesInstanceUID, record)
+        send, receive = anyio.create_memory_object_stream[tuple[list[Row], str]](1)
+
+        async def ask() -> None:
+            async with send:
+                for batch in nbia.metadata_batches(wanted, self.metadata_batch):
+                    form = {"list": nbia.metadata_form_list(batch)}
+                    req = self._request("getSeriesMetadata", form)
+                    rows = await self._send(req, None, partial(_parse, req))
+                    await send.send((rows, req.display_url))
+
+        try:
+            async with anyio.create_task_group() as tg, receive:
+                tg.start_soon(ask)
+                async for rows, url in receive:
+                    records = await anyio.to_thread.run_sync(nbia.series_from_rows, rows, url)
+                    for record in records:
+                        by_uid.setdefault(record.SeriesInstanceUID, record)
+        except BaseExceptionGroup as group:
+            error = _first_error(group)
+            raise error from error.__cause__
         found = [by_uid[u] for u in wanted if u in by_uid]
         missing = [u for u in wanted if u not in by_uid]
         return found, missing
@@ -362,6 +378,13 @@ class _Unparsable(Exception):
 
 def _parse(req: ApiRequest, resp: HttpResponse) -> list[Row]:
     return nbia.parse_rows(resp.body, resp.content_type, req.display_url)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that stopped a task group: the other tasks were only cancelled because of it."""
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves = [e for e in group.exceptions if not isinstance(e, cancelled)]
+    return leaves[0] if leaves else group.exceptions[0]
 
 
 def _unknown_series(exc: RejectedError, uid: str | None) -> RejectedError:

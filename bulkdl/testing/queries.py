@@ -54,6 +54,7 @@ class Queries:
         self._studies = {str(s["StudyInstanceUID"]): s for s in archive.studies}
         self._patients = {(str(p["Collection"]), str(p["PatientId"])): p for p in archive.patients}
         self._submitted = [parse_mdy(str(s.row["MaxSubmissionTimestamp"])) for s in archive.series]
+        self._context: dict[str, dict[str, object]] = {}
 
     def values(self, column: str, filters: Mapping[str, str]) -> list[Row]:
         """The getXxxValues rows: distinct ``column`` values of the matching series."""
@@ -121,19 +122,27 @@ class Queries:
             series = self.archive.lookup(uid)
             if series is None:
                 continue
-            row: Row = {}
+            merged = {**self._study_context(series), **series.row, **_IMAGE_COLUMNS}
+            rows.append(
+                {c: v for c in METADATA_COLUMNS if isinstance(v := merged.get(c), str | int)}
+            )
+        return rows
+
+    def _study_context(self, series: SeriesData) -> dict[str, object]:
+        """The patient and study columns of ``series``' metadata rows, made once per study (a
+        200,000-series archive is asked for every series in turn)."""
+        context = self._context.get(series.study_uid)
+        if context is None:
             patient = self._patients.get((series.collection, series.patient_id), {})
             study = self._studies.get(series.study_uid, {})
-            merged: dict[str, object] = {
+            context = self._context[series.study_uid] = {
                 **{("PatientID" if k == "PatientId" else k): v for k, v in patient.items()},
                 **{("StudyDesc" if k == "StudyDescription" else k): v for k, v in study.items()},
-                **series.row,
-                "PixelSpacing(mm)-Row": "0.976562",
-                "SliceThickness(mm)": "2.500000",
             }
-            for column in METADATA_COLUMNS:
-                value = merged.get(column)
-                if isinstance(value, str | int):
-                    row[column] = value
-            rows.append(row)
-        return rows
+        return context
+
+
+_IMAGE_COLUMNS: dict[str, object] = {
+    "PixelSpacing(mm)-Row": "0.976562",
+    "SliceThickness(mm)": "2.500000",
+}

@@ -39,15 +39,15 @@ def render(rows: list[Row], columns: Sequence[str], fmt: str) -> tuple[bytes, st
     content_type = FORMATS[fmt]
     if not rows:
         return b"", content_type
-    ordered = [{c: row[c] for c in columns if c in row} for row in rows]
-    if fmt == "json":
-        return json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode(), content_type
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([[row.get(c, "") for c in columns] for row in ordered])
+        writer.writerows([[row.get(c, "") for c in columns] for row in rows])
         return buf.getvalue().encode(), content_type
+    ordered = [{c: row[c] for c in columns if c in row} for row in rows]
+    if fmt == "json":
+        return json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode(), content_type
     if fmt == "xml":
         parts = ['<?xml version="1.0" encoding="UTF-8"?><collection>']
         for row in ordered:
