@@ -138,6 +138,34 @@ def _add_api(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tuning(group: argparse._ArgumentGroup) -> None:
+    """The download settings a run takes as flags (also from --config and BULKDL_* variables),
+    shared by ``download`` and the tasks ``slurm`` writes."""
+    group.add_argument("--config", type=Path, metavar="FILE", help="TOML settings")
+    group.add_argument("--concurrency", type=int, metavar="N", help="series in flight at once")
+    group.add_argument("--layout", metavar="TEMPLATE", help="path template or preset name")
+    group.add_argument("--retries", type=int, metavar="N", help="further attempts per series")
+    group.add_argument(
+        "--read-timeout", type=float, metavar="S", help="no bytes for S seconds aborts an attempt"
+    )
+    group.add_argument("--connect-timeout", type=float, metavar="S")
+    group.add_argument(
+        "--accept-incomplete",
+        action="store_true",
+        default=None,
+        help="also place series whose image count falls short, marked as such",
+    )
+    group.add_argument(
+        "--new-file-names",
+        action="store_true",
+        default=None,
+        help="ask NBIA for <acq>-<inst>.dcm member names",
+    )
+    group.add_argument(
+        "--fsync", action="store_true", default=None, help="fsync every file as it is placed"
+    )
+
+
 def _add_filters(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("filters (exact match, case-insensitive)")
     group.add_argument("--collection")
@@ -215,20 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(download)
     _add_shard(download)
     tuning = download.add_argument_group("settings (also from --config and BULKDL_* variables)")
-    tuning.add_argument("--config", type=Path, metavar="FILE", help="TOML settings")
-    tuning.add_argument("--concurrency", type=int, metavar="N", help="series in flight at once")
-    tuning.add_argument("--layout", metavar="TEMPLATE", help="path template or preset name")
-    tuning.add_argument("--retries", type=int, metavar="N", help="further attempts per series")
-    tuning.add_argument(
-        "--read-timeout", type=float, metavar="S", help="no bytes for S seconds aborts an attempt"
-    )
-    tuning.add_argument("--connect-timeout", type=float, metavar="S")
-    tuning.add_argument(
-        "--accept-incomplete",
-        action="store_true",
-        default=None,
-        help="also place series whose image count falls short, marked as such",
-    )
+    add_tuning(tuning)
     tuning.add_argument(
         "--dry-run", action="store_true", default=None, help="print the plan; download nothing"
     )
@@ -237,15 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tuning.add_argument(
         "--json", action="store_true", default=None, help="one JSON event per line on stdout"
-    )
-    tuning.add_argument(
-        "--new-file-names",
-        action="store_true",
-        default=None,
-        help="ask NBIA for <acq>-<inst>.dcm member names",
-    )
-    tuning.add_argument(
-        "--fsync", action="store_true", default=None, help="fsync every file as it is placed"
     )
     tuning.add_argument(
         "--staging",

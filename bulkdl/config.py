@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Final
@@ -212,18 +212,7 @@ def _from_toml(path: Path) -> dict[str, object]:
     if not isinstance(table, dict):
         raise InputError(f"{where('download')}: 'download' must be a table ([download])")
     top = {k: v for k, v in document.items() if k != "download"}
-    values: dict[str, object] = {}
-    seen: dict[str, str] = {}
-    for key, value in [*top.items(), *table.items()]:
-        name = key.replace("-", "_")
-        if name not in SETTING_NAMES:
-            known = ", ".join(n.replace("_", "-") for n in SETTING_NAMES)
-            raise InputError(f"{where(key)}: unknown setting {key!r} (known: {known})")
-        if name in seen:
-            raise InputError(f"{where(key)}: {key!r} is set twice (also as {seen[name]!r})")
-        seen[name] = key
-        values[name] = _coerce(name, value, where(key), key, base=path.parent, parse=False)
-    return values
+    return _checked([*top.items(), *table.items()], where, path.parent)
 
 
 def settings_in_table(table: Mapping[str, object], path: Path, text: str) -> dict[str, object]:
@@ -237,9 +226,17 @@ def settings_in_table(table: Mapping[str, object], path: Path, text: str) -> dic
         return f"{path}:{line}" if line is not None else str(path)
 
     _refuse_secrets(table, where)
+    return _checked(list(table.items()), where, path.parent)
+
+
+def _checked(
+    items: Sequence[tuple[str, object]], where: Callable[[str], str], base: Path
+) -> dict[str, object]:
+    """Settings from TOML ``items``: known names only, each once, typed values in range,
+    relative paths from ``base``. Raises InputError naming where the bad key is."""
     values: dict[str, object] = {}
     seen: dict[str, str] = {}
-    for key, value in table.items():
+    for key, value in items:
         name = key.replace("-", "_")
         if name not in SETTING_NAMES:
             known = ", ".join(n.replace("_", "-") for n in SETTING_NAMES)
@@ -247,7 +244,7 @@ def settings_in_table(table: Mapping[str, object], path: Path, text: str) -> dic
         if name in seen:
             raise InputError(f"{where(key)}: {key!r} is set twice (also as {seen[name]!r})")
         seen[name] = key
-        values[name] = _coerce(name, value, where(key), key, base=path.parent, parse=False)
+        values[name] = _coerce(name, value, where(key), key, base=base, parse=False)
     return values
 
 

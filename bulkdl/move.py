@@ -215,9 +215,18 @@ def _copy(source: Path, temporary: Path) -> None:
             os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    """Make a file's bytes durable."""
+    _fsync(path, os.O_RDONLY)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a folder's entries (a rename into it) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:

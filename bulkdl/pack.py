@@ -29,7 +29,7 @@ from typing import Literal
 from bulkdl.archive import Kind, write_archive
 from bulkdl.errors import InputError, PlacementConflict
 from bulkdl.layout import Layout, dedupe_name
-from bulkdl.move import fsync_dir, move_into
+from bulkdl.move import fsync_dir, fsync_file, move_into
 from bulkdl.place import Move, OwnerOf
 from bulkdl.records import PlacedFile
 from bulkdl.sanitize import MAX_COMPONENT_BYTES
@@ -116,7 +116,7 @@ class Packer:
                 members = [(PurePosixPath(m.placed.path).name, m.source) for m in group]
                 write_archive(self.kind, members, temporary)
                 if self._fsync:
-                    _fsync_file(temporary)
+                    fsync_file(temporary)
                 path, replaces = self._claim(uid, folder, temporary)
                 placed = tuple(
                     replace(m.placed, path=f"{path}/{name}", archive=path)
@@ -207,11 +207,3 @@ class Packer:
             ("" if str(p) == "." else p.as_posix(), (self.root / p).stat().st_mtime_ns)
             for p in made
         ]
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

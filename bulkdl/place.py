@@ -21,7 +21,6 @@ file of the series in :meth:`Placer.plan` before any one is rendered: the pipeli
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import threading
@@ -32,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 from bulkdl.errors import PlacementConflict
 from bulkdl.layout import Layout, dedupe_name
-from bulkdl.move import move_into
+from bulkdl.move import fsync_dir, fsync_file, move_into
 from bulkdl.records import PlacedFile, Series, StagedFile
 
 OwnerOf = Callable[[str], tuple[str, str] | None]
@@ -164,7 +163,7 @@ class Placer:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     made.add(parent)
                 if self._fsync:
-                    _fsync_file(move.source)
+                    fsync_file(move.source)
                 try:
                     copied |= move_into(move.source, target, self.landing, exclusive=True)
                 except FileExistsError:
@@ -181,7 +180,7 @@ class Placer:
             raise
         if self._fsync or copied:
             for parent in made:
-                _fsync_dir(self.root / parent)
+                fsync_dir(self.root / parent)
         self.release(moves)
         folders = []
         for parent in made:
@@ -214,14 +213,6 @@ def _prune_empty(folder: Path, root: Path) -> None:
         folder = folder.parent
 
 
-def remove_unfilled_claim(path: Path) -> None:
-    """Remove ``path`` if it is an empty file (settling a series whose file there never
-    arrived: no DICOM file is empty)."""
-    with contextlib.suppress(OSError):
-        if not path.is_symlink() and path.is_file() and path.stat().st_size == 0:
-            path.unlink()
-
-
 def _holds(target: Path, placed: PlacedFile) -> bool:
     """Whether ``target`` is a regular file with exactly ``placed``'s size and MD5."""
     try:
@@ -230,19 +221,3 @@ def _holds(target: Path, placed: PlacedFile) -> bool:
         return _md5_of(target) == placed.md5
     except OSError:
         return False
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

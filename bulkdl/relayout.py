@@ -42,7 +42,7 @@ from bulkdl import dicom, sidecar
 from bulkdl.errors import InputError
 from bulkdl.layout import Layout
 from bulkdl.ledger import LEDGER_NAME, Ledger, open_all
-from bulkdl.place import Placer, prune_empty, remove_unfilled_claim
+from bulkdl.place import Placer, prune_empty
 from bulkdl.records import PlacedFile, Series, StagedFile
 
 log = logging.getLogger(__name__)
@@ -98,13 +98,9 @@ def recover(ledger: Ledger, out: Path) -> list[str]:
 
 def settle(ledger: Ledger, out: Path, uid: str, expected: int | None) -> int:
     """Keep the recorded files of ``uid`` that are in the tree with their recorded size, drop
-    the rest from the ledger; done when they are all ``expected`` images. Deletes nothing but
-    the empty claims (:meth:`~bulkdl.place.Placer.claim`) of files that never arrived."""
+    the rest from the ledger; done when they are all ``expected`` images. Deletes nothing."""
     recorded = ledger.files(uid)
     kept = [f for f in recorded if present(out / f.path, f.size)]
-    for gone in recorded:
-        if gone.size and gone not in kept:
-            remove_unfilled_claim(out / gone.path)
     complete = bool(kept) and len(kept) == expected
     ledger.settle_placed(uid, kept, done=complete, sop_class_uid=None)
     return len(kept)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from bulkdl.cli import INSECURE_WARNING, _add_api, _add_filters, _filters
+from bulkdl.cli import INSECURE_WARNING, _add_api, _add_filters, _filters, add_tuning
 from bulkdl.errors import AbortError, InputError
 from bulkdl.merged import ledger_names, write_sidecars
 from bulkdl.outdir import STATE_DIR, disk_error, exclusive
@@ -90,15 +90,7 @@ def add_commands(
     )
     _add_api(slurm)
     _add_filters(slurm)
-    tuning = slurm.add_argument_group("download settings passed to every task")
-    tuning.add_argument("--config", type=Path, metavar="FILE", help="TOML settings")
-    tuning.add_argument("--concurrency", type=int, metavar="N", help="series in flight per task")
-    tuning.add_argument("--layout", metavar="TEMPLATE", help="path template or preset name")
-    tuning.add_argument("--retries", type=int, metavar="N", help="further attempts per series")
-    tuning.add_argument("--read-timeout", type=float, metavar="S")
-    tuning.add_argument("--connect-timeout", type=float, metavar="S")
-    for flag in ("--accept-incomplete", "--new-file-names", "--fsync"):
-        tuning.add_argument(flag, action="store_true", default=None)
+    add_tuning(slurm.add_argument_group("download settings passed to every task"))
 
     finalize = commands.add_parser(
         "finalize",

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal
 import pytest
 
 from bulkdl.manifest import write_tcia
-from bulkdl.testing import FakeNbiaServer
+from bulkdl.testing import ArchiveSpec, FakeArchive, FakeNbiaServer
 
 SIDECARS: Final = frozenset({"metadata.csv", "failures.csv", "LICENSES", ".bulkdl"})
 PRESETS: Final = ("default", "nbia-classic", "idc", "flat")
@@ -137,6 +137,18 @@ class Tree:
                 folders.add(rel.as_posix())
             else:
                 files[rel.as_posix()] = md5(path)
+        return cls(files, frozenset(folders))
+
+    @classmethod
+    def expected(cls, archive: FakeArchive) -> Tree:
+        """The default layout's tree of ``archive``: PatientID/Study/Series/SOP.dcm -> MD5."""
+        files: dict[str, str] = {}
+        folders: set[str] = set()
+        for series in archive.series:
+            parts = [series.patient_id, series.study_uid, series.uid]
+            folders.update("/".join(parts[:depth]) for depth in range(1, 4))
+            for inst in series.instances:
+                files[f"{'/'.join(parts)}/{inst.sop_uid}.dcm"] = inst.md5
         return cls(files, frozenset(folders))
 
     def series_files(self, uid: str) -> dict[str, str]:
@@ -341,6 +353,20 @@ def interrupt(
 
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+
+
+def over_two_mb(folder: Path) -> FakeArchive:
+    """6 series of 16 128x128 images: about 545 kB each, 3.3 MB in all (more than a 2 MB disk)."""
+    spec = ArchiveSpec(
+        patients_per_collection=2,
+        studies_per_patient=1,
+        series_per_study=3,
+        images_per_series=16,
+        rows=128,
+        columns=128,
+        seed=31,
+    )
+    return FakeArchive.build(spec, folder)
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from crashlib import (
     assert_finished,
     assert_no_leftovers,
     download_args,
+    over_two_mb,
     remount,
     run,
     status,
@@ -29,35 +30,13 @@ from crashlib import (
     write_manifest,
 )
 
-from bulkdl.testing import ArchiveSpec, FakeArchive, FakeNbiaServer, run_in_thread
+from bulkdl.testing import FakeArchive, FakeNbiaServer, run_in_thread
 
 
 @pytest.fixture(scope="module")
 def big_archive(tmp_path_factory: pytest.TempPathFactory) -> FakeArchive:
-    """6 series of 16 128x128 images: about 545 kB each, 3.3 MB in all (more than 2 MB)."""
-    spec = ArchiveSpec(
-        patients_per_collection=2,
-        studies_per_patient=1,
-        series_per_study=3,
-        images_per_series=16,
-        rows=128,
-        columns=128,
-        seed=31,
-    )
-    return FakeArchive.build(spec, tmp_path_factory.mktemp("big-archive"))
-
-
-def expected(archive: FakeArchive) -> Tree:
-    """The default layout's tree of ``archive``: PatientID/Study/Series/SOP.dcm -> MD5."""
-    files: dict[str, str] = {}
-    folders: set[str] = set()
-    for series in archive.series:
-        parts = [series.patient_id, series.study_uid, series.uid]
-        for depth in range(1, 4):
-            folders.add("/".join(parts[:depth]))
-        for inst in series.instances:
-            files[f"{'/'.join(parts)}/{inst.sop_uid}.dcm"] = inst.md5
-    return Tree(files, frozenset(folders))
+    """An archive of more than 2 MB (see :func:`crashlib.over_two_mb`)."""
+    return over_two_mb(tmp_path_factory.mktemp("big-archive"))
 
 
 def assert_aborted(stderr: str, words: str) -> None:
@@ -104,7 +83,7 @@ def assert_ledger_readable(out: Path) -> None:
 def test_disk_full_aborts_then_rerun_completes(big_archive: FakeArchive, tmp_path: Path) -> None:
     """A 2 MB disk: exit 3 "disk is full", done series whole, staging empty; more space: exit 0."""
     uids = [s.uid for s in big_archive.series]
-    clean = expected(big_archive)
+    clean = Tree.expected(big_archive)
     manifest = write_manifest(tmp_path, uids)
     with (
         tmpfs(tmp_path / "disk", "2m") as disk,
@@ -138,7 +117,7 @@ def test_file_size_limit_aborts_then_rerun_completes(
 ) -> None:
     """Under RLIMIT_FSIZE (EFBIG, SIGXFSZ ignored) a run aborts with exit 3; without it, exit 0."""
     uids = [s.uid for s in big_archive.series]
-    clean = expected(big_archive)
+    clean = Tree.expected(big_archive)
     out, manifest = tmp_path / "out", write_manifest(tmp_path, uids)
     with run_in_thread(FakeNbiaServer(big_archive)) as server:
         args = download_args(manifest, out, server.v4_url)

@@ -22,6 +22,7 @@ from crashlib import (
     assert_finished,
     assert_no_leftovers,
     download_args,
+    over_two_mb,
     remount,
     run,
     start,
@@ -34,34 +35,13 @@ from crashlib import (
 from bulkdl.config import load_settings
 from bulkdl.errors import InputError
 from bulkdl.move import PrivateFolder, move_into, sweep
-from bulkdl.testing import ArchiveSpec, FakeArchive, FakeNbiaServer, Fault, run_in_thread
+from bulkdl.testing import FakeArchive, FakeNbiaServer, Fault, run_in_thread
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> FakeArchive:
-    """6 series of 16 128x128 images: about 545 kB each, 3.3 MB in all (more than 2 MB)."""
-    spec = ArchiveSpec(
-        patients_per_collection=2,
-        studies_per_patient=1,
-        series_per_study=3,
-        images_per_series=16,
-        rows=128,
-        columns=128,
-        seed=31,
-    )
-    return FakeArchive.build(spec, tmp_path_factory.mktemp("staging-archive"))
-
-
-def clean_tree(archive: FakeArchive) -> Tree:
-    """The default layout's tree of ``archive``."""
-    files: dict[str, str] = {}
-    folders: set[str] = set()
-    for series in archive.series:
-        parts = [series.patient_id, series.study_uid, series.uid]
-        folders.update("/".join(parts[:depth]) for depth in range(1, 4))
-        for inst in series.instances:
-            files[f"{'/'.join(parts)}/{inst.sop_uid}.dcm"] = inst.md5
-    return Tree(files, frozenset(folders))
+    """An archive of more than 2 MB (see :func:`crashlib.over_two_mb`)."""
+    return over_two_mb(tmp_path_factory.mktemp("staging-archive"))
 
 
 def nothing_staged(staging: Path, out: Path) -> None:
@@ -82,7 +62,7 @@ def test_staging_elsewhere_gives_the_same_tree(archive: FakeArchive, tmp_path: P
         assert os.stat(local).st_dev != os.stat(tmp_path).st_dev
         result = run(*download_args(manifest, out, server.v4_url), "--staging", str(local))
         assert result.returncode == 0, result.stderr
-        assert_finished(out, clean_tree(archive), uids)
+        assert_finished(out, Tree.expected(archive), uids)
         nothing_staged(local, out)
         assert run("verify", str(out), "--no-progress").returncode == 0
 
@@ -102,7 +82,7 @@ def test_failed_series_leaves_nothing_staged(archive: FakeArchive, tmp_path: Pat
         assert result.returncode == 1, result.stderr
         assert bad in result.stderr
         assert not Tree.of(out).series_files(bad)
-        assert_consistent(out, clean_tree(archive), uids)
+        assert_consistent(out, Tree.expected(archive), uids)
         nothing_staged(local, out)
 
 
@@ -110,7 +90,7 @@ def test_interrupted_run_leaves_nothing_staged(archive: FakeArchive, tmp_path: P
     """SIGINT while series are staged: exit 130, PATH empty, the tree consistent; a re-run
     (staged again) completes it."""
     uids = [s.uid for s in archive.series]
-    clean = clean_tree(archive)
+    clean = Tree.expected(archive)
     out, manifest = tmp_path / "out", write_manifest(tmp_path, uids)
     total = sum(i.size for s in archive.series for i in s.instances)
     with (
@@ -145,7 +125,7 @@ def test_killed_run_leftover_is_swept(archive: FakeArchive, tmp_path: Path) -> N
     """kill -9 leaves the run's folder in PATH; the next run uses a fresh one, removes the dead
     one, and completes the tree."""
     uids = [s.uid for s in archive.series]
-    clean = clean_tree(archive)
+    clean = Tree.expected(archive)
     out, manifest = tmp_path / "out", write_manifest(tmp_path, uids)
     total = sum(i.size for s in archive.series for i in s.instances)
     with (
@@ -172,7 +152,7 @@ def test_full_tree_disk_aborts_cleanly(archive: FakeArchive, tmp_path: Path) -> 
     """Staged on a roomy disk, placed on a 2 MB one: exit 3 "disk is full", done series whole,
     no partial copy anywhere, PATH empty; with space, a re-run completes the tree."""
     uids = [s.uid for s in archive.series]
-    clean = clean_tree(archive)
+    clean = Tree.expected(archive)
     manifest = write_manifest(tmp_path, uids)
     with (
         tmpfs(tmp_path / "local", "64m") as local,
