@@ -3,7 +3,8 @@
 The only runtime module that imports pydicom, so its quirks and exceptions stay here:
 :func:`read_header` returns plain ``keyword -> str`` values (or None for a file that is not DICOM,
 truncated ones included), :func:`sop_class_name` looks a UID up in pydicom's registry. Does file
-I/O (reads).
+I/O (reads). pydicom is imported only when it is needed: the fast path's keywords and the common
+SOP Class names come from :mod:`bulkdl.dicomdict`.
 
 Two paths give the same answer. The reference is pydicom (:func:`_read_header`): ``dcmread``
 stopping before the pixel data and keeping only the asked-for elements (``specific_tags``, ~15 %
@@ -33,19 +34,17 @@ import logging
 import os
 import re
 import struct
+import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import pydicom.uid
-from pydicom import config, dcmread
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
-from pydicom.uid import UID
+from bulkdl.dicomdict import KEYWORDS, SOP_CLASS_NAMES, VR_OF
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +87,8 @@ def _read_header(path: Path, keywords: Collection[str], *, specific: bool) -> di
 
     ``specific=False`` reads every element (for the benchmark).
     """
+    from pydicom import dcmread
+
     wanted = _known_keywords(frozenset(keywords))
     try:
         with path.open("rb") as raw:
@@ -148,6 +149,8 @@ class _ShortReadWatch:
 
 def _needs_pixels(ds: Dataset) -> bool:
     """Whether the dataset's SOP Class is an image (Pixel Data is Type 1), or it has no class."""
+    from pydicom.uid import UID
+
     sop = ds.get(_SOP_CLASS_UID) or ds.file_meta.get(_MEDIA_SOP_CLASS_UID)
     if sop is None or not sop.value:
         return True
@@ -158,8 +161,26 @@ def _needs_pixels(ds: Dataset) -> bool:
 def _known_keywords(keywords: frozenset[str]) -> tuple[tuple[str, int], ...]:
     wanted = dict.fromkeys(HEADER_KEYWORDS_ALWAYS)
     wanted.update(dict.fromkeys(sorted(keywords)))
-    tags = ((k, tag_for_keyword(k)) for k in wanted)
+    tags = ((k, _tag_of(k)) for k in wanted)
     return tuple((k, tag) for k, tag in tags if tag is not None)
+
+
+def _tag_of(keyword: str) -> int | None:
+    if keyword in KEYWORDS:
+        known = KEYWORDS[keyword]
+        return None if known is None else known[0]
+    from pydicom.datadict import tag_for_keyword
+
+    return tag_for_keyword(keyword)
+
+
+def _dictionary_vr(tag: int) -> str:
+    """The dictionary VR of ``tag`` (``"US or SS"`` when ambiguous); KeyError when unknown."""
+    if tag in VR_OF:
+        return VR_OF[tag]
+    from pydicom.datadict import dictionary_VR
+
+    return str(dictionary_VR(tag))
 
 
 def _values(ds: Dataset, wanted: tuple[tuple[str, int], ...]) -> dict[str, str]:
@@ -174,6 +195,10 @@ def _values(ds: Dataset, wanted: tuple[tuple[str, int], ...]) -> dict[str, str]:
 
 
 def _text(value: Any) -> str:
+    from pydicom.dataset import Dataset
+    from pydicom.multival import MultiValue
+    from pydicom.sequence import Sequence
+
     if value is None or isinstance(value, Sequence | bytes | bytearray | Dataset):
         return ""
     if isinstance(value, MultiValue | list | tuple):
@@ -184,7 +209,12 @@ def _text(value: Any) -> str:
 
 def sop_class_name(uid: str) -> str:
     """The registry name of a SOP Class UID (``"CT Image Storage"``), or ``""`` when unknown."""
-    value = UID(uid.strip())
+    uid = uid.strip()
+    if uid in SOP_CLASS_NAMES:
+        return SOP_CLASS_NAMES[uid]
+    from pydicom.uid import UID
+
+    value = UID(uid)
     name = str(value.name)
     return "" if name == str(value) else name
 
@@ -238,7 +268,7 @@ class _Plan:
 def _plan(wanted: tuple[tuple[str, int], ...]) -> _Plan:
     vrs: dict[int, bytes | None] = {}
     for _, tag in wanted:
-        vr = str(dictionary_VR(tag))
+        vr = _dictionary_vr(tag)
         vrs[tag] = None if " " in vr else vr.encode()
     vrs[_CHARSET] = b"CS"
     return _Plan(wanted, frozenset(vrs), vrs)
@@ -246,6 +276,11 @@ def _plan(wanted: tuple[tuple[str, int], ...]) -> _Plan:
 
 def _pydicom_defaults() -> bool:
     """Whether pydicom is configured as the fast path assumes (its values as plain strings)."""
+    if "pydicom" not in sys.modules:
+        return True  # nobody can have changed its settings
+    import pydicom.uid
+    from pydicom import config
+
     return not (
         config.datetime_conversion
         or config.use_DS_numpy
@@ -437,7 +472,7 @@ def _is_sequence(w: _Window, pos: int, explicit: bool, tag: int, vr: bytes) -> b
     if explicit:
         return vr == b"SQ"  # UN (read as implicit items) and encapsulated OB go to pydicom
     try:
-        return str(dictionary_VR(tag)) == "SQ"
+        return _dictionary_vr(tag) == "SQ"
     except KeyError:
         # like pydicom: a tag unknown to the dictionary is a sequence if an item follows
         return w.cover(pos, 4) and w.data[pos - w.base : pos - w.base + 4] == b"\xfe\xff\x00\xe0"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -175,3 +177,44 @@ def test_sop_class_name() -> None:
     assert sop_class_name(" 1.2.840.10008.5.1.4.1.1.4 ") == "MR Image Storage"
     assert sop_class_name("1.2.3.4") == ""
     assert sop_class_name("") == ""
+    assert sop_class_name("1.2.840.10008.5.1.4.1.1.9.1.1") == "12-lead ECG Waveform Storage"
+
+
+def test_kept_dictionary_answers_are_pydicoms() -> None:
+    """Every keyword, tag, VR and SOP Class name kept in bulkdl.dicomdict is pydicom's own, and
+    every keyword the presets, records and organize ask for is kept (so they never import it)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    from bulkdl.dicomdict import KEYWORDS, SOP_CLASS_NAMES, VR_OF
+    from bulkdl.layout import PRESETS, Layout
+    from bulkdl.organize import RECORD_KEYWORDS
+    from bulkdl.records import VOCABULARY
+
+    for keyword, entry in KEYWORDS.items():
+        tag = tag_for_keyword(keyword)
+        assert entry == (None if tag is None else (tag, dictionary_VR(tag))), keyword
+    assert all(VR_OF[tag] == dictionary_VR(tag) for tag in VR_OF)
+    for uid, name in SOP_CLASS_NAMES.items():
+        assert UID(uid).name == name
+    asked = {t.keyword for t in VOCABULARY} | set(RECORD_KEYWORDS) | set(HEADER_KEYWORDS_ALWAYS)
+    for template in PRESETS.values():
+        asked |= Layout.parse(template).keywords
+    assert asked <= set(KEYWORDS)
+
+
+def test_common_reads_do_not_import_pydicom(small_archive: FakeArchive) -> None:
+    """A CT header read for the presets' keywords, and a CT SOP Class name, leave pydicom
+    unimported (~0.15 s of every run's start-up); an unknown keyword loads it."""
+    path = small_archive.file_path(small_archive.series[0].instances[0])
+    script = (
+        "import sys; from pathlib import Path; from bulkdl import dicom\n"
+        f"header = dicom.read_header(Path({str(path)!r}), ['PatientID', 'Modality'])\n"
+        f"assert header['Modality'] == 'CT' and dicom.sop_class_name({CT!r})\n"
+        "print('pydicom' in sys.modules)\n"
+        "dicom.read_header(Path(sys.argv[1]), ['KVP'])\n"
+        "print('pydicom' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False", "True"]

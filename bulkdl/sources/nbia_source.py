@@ -4,7 +4,8 @@ Metadata comes from :class:`NbiaClient` (batched getSeriesMetadata for manifests
 searches). A series' bytes come from getImage with ``IncludeMD5=Yes``: the ZIP body is never
 spooled; it is gathered into ~1 MiB batches on the event loop (small, so 16 series in flight
 stay well under 200 MB) and each batch is handed, in order,
-to a :class:`~bulkdl.unpack.StreamUnpacker` in a worker thread under the shared CPU limiter, so
+to a :class:`~bulkdl.unpack.StreamUnpacker` in a worker thread through the shared
+:class:`~bulkdl.cpugate.CpuGate` (oldest series first), so
 inflating, hashing and writing the members overlaps the download (of this series up to the
 socket's buffers, of the other series fully). Streaming rather than spooling is a measured
 choice: writing the ZIP to the page cache and reading it back was half of the client's system
@@ -19,6 +20,7 @@ from typing import Final
 
 import anyio
 
+from bulkdl.cpugate import CpuGate
 from bulkdl.records import FetchedSeries, Series
 from bulkdl.sources.nbia import SeriesQuery
 from bulkdl.sources.nbia_client import NbiaClient
@@ -45,9 +47,7 @@ class NbiaSource:
 
     name = "nbia"
 
-    def __init__(
-        self, client: NbiaClient, *, new_file_names: bool = False, cpu: anyio.CapacityLimiter
-    ) -> None:
+    def __init__(self, client: NbiaClient, *, new_file_names: bool = False, cpu: CpuGate) -> None:
         self.client = client
         self.new_file_names = new_file_names
         self._cpu = cpu
@@ -78,6 +78,7 @@ class NbiaSource:
         unpacker = StreamUnpacker(
             workdir / "files", series_uid=uid, max_total=inflate_cap(series), inspect=inspect
         )
+        ticket = self._cpu.ticket()
         try:
             async with self.client.open_image(uid, new_file_names=self.new_file_names) as response:
                 batch: list[bytes] = []
@@ -88,14 +89,13 @@ class NbiaSource:
                     on_bytes(len(chunk))
                     if size >= FEED_BATCH:
                         data, batch, size = b"".join(batch), [], 0
-                        await anyio.to_thread.run_sync(unpacker.feed, data, limiter=self._cpu)
+                        await self._cpu.run(ticket, unpacker.feed, data)
                 if batch:
-                    data = b"".join(batch)
-                    await anyio.to_thread.run_sync(unpacker.feed, data, limiter=self._cpu)
-            return await anyio.to_thread.run_sync(unpacker.finish, limiter=self._cpu)
+                    await self._cpu.run(ticket, unpacker.feed, b"".join(batch))
+            return await self._cpu.run(ticket, unpacker.finish)
         except BaseException:
             # A transfer error, an ArchiveError or a cancellation: remove the partial files,
-            # even while being cancelled (abort is quick: a few unlinks, no CPU limiter wait).
+            # even while being cancelled (abort is quick: a few unlinks, no wait for the CpuGate).
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(unpacker.abort)
             raise
