@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -77,6 +78,7 @@ class Placer:
         landing: Path | None = None,
     ):
         self.root = root
+        self._root = str(root)
         self.landing = landing  # where copies from another filesystem wait for their rename
         self.layout = layout
         self._owner_of = owner_of
@@ -93,13 +95,15 @@ class Placer:
         owner = self._owner_of(path)
         if owner is not None:
             return owner[1] != sop
-        target = self.root / path
-        if not target.exists() and not target.is_symlink():
+        target = os.path.join(self._root, path)
+        try:
+            found = os.lstat(target)
+        except (FileNotFoundError, NotADirectoryError):
             return False
         # A foreign file: keep it unless it holds exactly these bytes.
-        if target.is_symlink() or not target.is_file() or target.stat().st_size != size:
+        if not stat.S_ISREG(found.st_mode) or found.st_size != size:
             return True
-        return _md5_of(target) != md5
+        return _md5_of(Path(target)) != md5
 
     def plan(self, series: Series, files: Sequence[StagedFile]) -> list[Move]:
         """Choose each file's path and claim it until :meth:`commit` or :meth:`release`.

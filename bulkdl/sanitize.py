@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Final
 
 #: What a missing or empty value becomes.
@@ -86,8 +87,11 @@ def _cut(text: str, budget: int) -> str:
     return text.encode("utf-8")[:budget].decode("utf-8", "ignore")
 
 
+@lru_cache(maxsize=4096)
 def sanitize_within(raw: str | bytes, fallback: str, budget: int) -> str:
-    """:func:`sanitize_component` within ``budget`` UTF-8 bytes (room left for an extension)."""
+    """:func:`sanitize_component` within ``budget`` UTF-8 bytes (room left for an extension).
+
+    Cached: a series' files share every folder component, so most calls repeat one."""
     if isinstance(raw, bytes):
         data, text = raw, raw.decode("utf-8", "surrogateescape")
     else:
