@@ -13,6 +13,9 @@ the scripts: tasks inherit the submitting environment (sbatch's default ``--expo
 ``BULKDL_*`` variables and credential files are read by the tasks themselves. sbatch reads a
 directive's value in double quotes (spaces kept, no escapes) and expands ``%`` patterns in log
 paths, so paths are quoted, ``%`` is doubled, and a ``"`` or a control character is refused.
+A ``--staging`` folder is written in double quotes so that ``$VAR`` and ``${VAR}`` in it expand
+when the task starts, on its node (``--staging '$TMPDIR'``: node-local scratch); nothing else
+the shell would interpret in double quotes is accepted there.
 :func:`submit` runs ``sbatch --parsable`` and returns the job id. Pure, except :func:`submit`
 (runs sbatch), :func:`write_script` and :func:`prepare_logs`.
 """
@@ -43,6 +46,10 @@ _NAME = re.compile(r"[A-Za-z0-9_.+-]{1,64}", re.ASCII)
 _PARTITIONS = re.compile(r"[A-Za-z0-9_.+-]{1,64}(,[A-Za-z0-9_.+-]{1,64})*", re.ASCII)
 _OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?", re.ASCII | re.DOTALL)
 _JOB_ID = re.compile(r"(\d+)(;\S+)?")
+#: Text the shell keeps as it is inside double quotes, plus $NAME and ${NAME} references.
+_NODE_PATH = re.compile(
+    r'(?:[^"`\\$\x00-\x1f\x7f]|\$[A-Za-z_][A-Za-z0-9_]*|\$\{[A-Za-z_][A-Za-z0-9_]*\})+', re.ASCII
+)
 #: Options bulkdl writes itself, which a user's --sbatch must not contradict.
 _OWN_OPTIONS: Final = frozenset({"--array", "--output", "--error", "--wrap", "--parsable"})
 
@@ -69,8 +76,9 @@ class ArrayJob:
     """What the array job runs: ``tasks`` shards of ``inputs`` into ``out``.
 
     ``inputs`` are absolute paths (tasks may start anywhere); ``download_options`` are
-    ``bulkdl download`` arguments passed through as they are; ``max_running`` caps the tasks
-    running at once (``--array=0-N%M``). Raises InputError for a value sbatch would refuse or
+    ``bulkdl download`` arguments passed through as they are; ``staging`` is the task's
+    ``--staging`` folder, its ``$VAR`` references expanded on the node; ``max_running`` caps the
+    tasks running at once (``--array=0-N%M``). Raises InputError for a value sbatch would refuse or
     misread.
     """
 
@@ -78,6 +86,7 @@ class ArrayJob:
     out: Path
     tasks: int
     download_options: tuple[str, ...] = ()
+    staging: str | None = None
     partition: str | None = None
     time: str | None = None
     cpus: int | None = None
@@ -115,6 +124,11 @@ class ArrayJob:
             if not _printable(text):
                 raise InputError(f"{text!r}: a control character cannot go into a job script")
         _directive_value(str(self.out), "--out")
+        if self.staging is not None and not _NODE_PATH.fullmatch(self.staging):
+            raise InputError(
+                f"--staging {self.staging!r}: a path, with $VAR or ${{VAR}} for the node's "
+                "environment; quotes, backslashes, backquotes and other $ forms cannot be passed"
+            )
 
     @property
     def array(self) -> str:
@@ -142,6 +156,8 @@ def array_script(job: ArrayJob, *, written: datetime | None = None) -> str:
     out = job.out.resolve()
     log = _log_path(out / LOG_DIR, "%A_%a.log")
     head = _command(job.python, "-m", "bulkdl", "download", "--out", str(out), "--no-progress")
+    if job.staging is not None:  # in double quotes: its $VAR expand on the node
+        head += f' --staging "{job.staging}"'
     rest = _command(*job.download_options, "--", *job.inputs)
     # The one unquoted word: the shell expands the task id when the task starts.
     body = f'{head} --shard "${{SLURM_ARRAY_TASK_ID}}/{job.tasks}" {rest}'

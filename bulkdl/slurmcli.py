@@ -50,6 +50,7 @@ FORWARDED: Final = (
     ("--accept-incomplete", "switch"),
     ("--new-file-names", "switch"),
     ("--fsync", "switch"),
+    ("--pack", "value"),
 )
 _SHARD_LEDGER = re.compile(r"ledger-\d+of(\d+)\.sqlite")
 
@@ -90,7 +91,17 @@ def add_commands(
     )
     _add_api(slurm)
     _add_filters(slurm)
-    add_tuning(slurm.add_argument_group("download settings passed to every task"))
+    tuning = slurm.add_argument_group("download settings passed to every task")
+    add_tuning(tuning)
+    tuning.add_argument(
+        "--staging",
+        metavar="PATH",
+        help="each task downloads, unpacks and verifies under PATH, then moves verified series "
+        "into DIR; $VAR in PATH expand on the node when the task starts: --staging '$TMPDIR'",
+    )
+    tuning.add_argument(
+        "--pack", choices=("zip", "tar"), help="keep each series as one archive file"
+    )
 
     finalize = commands.add_parser(
         "finalize",
@@ -177,6 +188,7 @@ def _slurm(args: argparse.Namespace) -> int:
         out=out,
         tasks=args.tasks,
         download_options=tuple(forwarded_options(args)),
+        staging=args.staging,
         partition=args.partition,
         time=args.time,
         cpus=args.cpus,

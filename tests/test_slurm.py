@@ -146,6 +146,57 @@ def test_script_runs_the_shard_of_its_task(inputs: Path, tmp_path: Path) -> None
     ]
 
 
+def test_staging_expands_on_the_node_and_pack_is_passed_on(
+    inputs: Path, tmp_path: Path, bulkdl: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    """--staging keeps its $VAR for the task's shell (node-local scratch), --pack is passed on."""
+    done = bulkdl(
+        "slurm",
+        inputs,
+        *("--out", tmp_path / "out", "--tasks", "2", "--pack", "zip"),
+        *("--staging", "${NODE_SCRATCH}/bulkdl $USER"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert '--staging "${NODE_SCRATCH}/bulkdl $USER"' in done.stdout
+    probe = tmp_path / "probe"
+    probe.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    probe.chmod(0o755)
+    script = tmp_path / "job.sh"
+    script.write_text(done.stdout.replace(sys.executable, str(probe), 1))
+    ran = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        env=clean_env(SLURM_ARRAY_TASK_ID="1", NODE_SCRATCH="/scratch/42", USER="ann"),
+        check=True,
+    )
+    argv = json.loads(ran.stdout)
+    assert argv[argv.index("--staging") + 1] == "/scratch/42/bulkdl ann"
+    assert argv[argv.index("--pack") + 1] == "zip"
+    unset = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        env=clean_env(SLURM_ARRAY_TASK_ID="1"),
+    )
+    assert unset.returncode != 0 and "NODE_SCRATCH: unbound variable" in unset.stderr
+
+
+@pytest.mark.parametrize(
+    "staging", ["$(rm -rf ~)", "`id`", '/a"b', "/a\\b", "$1/x", "${HOME:-/tmp}", "/a\tb"]
+)
+def test_staging_that_the_shell_would_run_is_refused(
+    staging: str,
+    inputs: Path,
+    tmp_path: Path,
+    bulkdl: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    done = bulkdl("slurm", inputs, "--out", tmp_path / "out", "--tasks", "2", "--staging", staging)
+    assert done.returncode == 2
+    assert "--staging" in done.stderr and "cannot be passed" in done.stderr
+    assert done.stdout == ""
+
+
 def test_no_secret_reaches_the_script(
     inputs: Path,
     tmp_path: Path,
@@ -233,11 +284,14 @@ def _status(out: Path) -> object:
 def test_a_real_slurm_array_equals_one_run(
     nbia_server: FakeNbiaServer, small_archive: FakeArchive, tmp_path: Path
 ) -> None:
-    """A 4-task array from 'bulkdl slurm --submit' on a real Slurm, then its finalize job: the
-    tree, 'bulkdl status' and metadata.csv equal a single-process run's."""
+    """A 4-task array from 'bulkdl slurm --submit' on a real Slurm, staging in the node's
+    $NODE_SCRATCH, then its finalize job: the tree, 'bulkdl status' and metadata.csv equal a
+    single-process run's."""
     uids = [s.uid for s in small_archive.series]
     m = manifest(tmp_path, uids)
     plain, sharded = tmp_path / "plain", tmp_path / "sharded tree"
+    scratch = tmp_path / "node scratch"  # what $NODE_SCRATCH is where the tasks run
+    (scratch / "staging").mkdir(parents=True)
     api = ("--api-url", nbia_server.v4_url)
     single = subprocess.run(
         bulkdl_cmd("download", str(m), "--out", str(plain), *api, "--no-progress"),
@@ -256,8 +310,8 @@ def test_a_real_slurm_array_equals_one_run(
             m,
             *("--out", sharded, "--tasks", "4", *api, "--concurrency", "2"),
             *("--time", "10", "--sbatch", "comment=bulkdl test"),
-            "--submit",
-            env=clean_env(SLURM_CONF=env["SLURM_CONF"]),
+            *("--staging", "${NODE_SCRATCH}/staging", "--submit"),
+            env=clean_env(SLURM_CONF=env["SLURM_CONF"], NODE_SCRATCH=str(scratch)),
         )
         assert submitted.returncode == 0, submitted.stderr
         ids = re.findall(r"job (\d+)", submitted.stdout)
@@ -274,6 +328,7 @@ def test_a_real_slurm_array_equals_one_run(
         f"ledger-{k}of4.sqlite" for k in range(4)
     ]
     assert tree(sharded) == tree(plain)
+    assert [p.name for p in (scratch / "staging").iterdir()] == []  # each task's folder removed
     assert _status(sharded) == _status(plain)
     assert _rows(sharded) == _rows(plain)
     assert sorted(os.listdir(sharded / "LICENSES")) == sorted(os.listdir(plain / "LICENSES"))
