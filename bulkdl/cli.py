@@ -115,7 +115,8 @@ def _counts(text: str) -> tuple[int, ...]:
     return counts
 
 
-def _add_api(parser: argparse.ArgumentParser) -> None:
+def add_api(parser: argparse.ArgumentParser) -> None:
+    """The API and TLS options every command that talks to the server has."""
     parser.add_argument(
         "--api-url",
         metavar="URL",
@@ -166,7 +167,8 @@ def add_tuning(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _add_filters(parser: argparse.ArgumentParser) -> None:
+def add_filters(parser: argparse.ArgumentParser) -> None:
+    """The series filters (``--collection``...) of query, download, lock and slurm."""
     group = parser.add_argument_group("filters (exact match, case-insensitive)")
     group.add_argument("--collection")
     group.add_argument("--patient-id")
@@ -208,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[item.value for item in Listing],
         help="what to list (default: series)",
     )
-    _add_api(query)
-    _add_filters(query)
+    add_api(query)
+    add_filters(query)
     query.add_argument(
         "--updated-since",
         type=_date,
@@ -239,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="manifests (.tcia, .csv/.tsv, .txt, .json), a bulkdl lock file, or '-' for stdin",
     )
     download.add_argument("--out", type=Path, metavar="DIR", help="output folder (env BULKDL_OUT)")
-    _add_api(download)
-    _add_filters(download)
+    add_api(download)
+    add_filters(download)
     _add_shard(download)
     tuning = download.add_argument_group("settings (also from --config and BULKDL_* variables)")
     add_tuning(tuning)
@@ -357,7 +359,8 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     )
 
 
-def _filters(args: argparse.Namespace) -> SeriesQuery:
+def filters_of(args: argparse.Namespace) -> SeriesQuery:
+    """The series filters given on the command line, as a query."""
     return SeriesQuery(
         collection=args.collection,
         patient_id=args.patient_id,
@@ -387,7 +390,7 @@ async def _query(args: argparse.Namespace) -> int:
     base_url = resolve_base_url(args.api_url)
     needs_token = api_version(base_url) in {"v2", "unversioned"}
     credentials = load_credentials(interactive=True) if needs_token else None
-    request = QueryRequest(Listing(args.listing), _filters(args), args.updated_since)
+    request = QueryRequest(Listing(args.listing), filters_of(args), args.updated_since)
     request.check()
     fmt = (
         OutputFormat(args.format)
@@ -433,7 +436,7 @@ async def _download(args: argparse.Namespace) -> int:
     from bulkdl.progress import make_reporter, summary_text
 
     settings = load_settings(flags=setting_flags(args), config_file=args.config, env=os.environ)
-    selection = selection_of(args.inputs, _filters(args))
+    selection = selection_of(args.inputs, filters_of(args))
     if args.shard is not None:
         selection = replace(selection, shard=parse_shard(args.shard, os.environ))
     if settings.insecure:

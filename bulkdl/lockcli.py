@@ -19,7 +19,7 @@ from typing import Final
 
 import anyio
 
-from bulkdl.cli import INSECURE_WARNING, _add_api, _add_filters, _filters
+from bulkdl.cli import INSECURE_WARNING, add_api, add_filters, filters_of
 from bulkdl.errors import ExitCode, InputError
 from bulkdl.lockfile import Lock, dumps, read_lock, write_lock
 from bulkdl.progress import JsonReporter, Reporter, human_bytes, make_reporter, summary_text
@@ -51,8 +51,8 @@ def add_commands(
         "--partial", action="store_true", help="with --from: lock the done series, skip the rest"
     )
     lock.add_argument("--config", type=Path, metavar="FILE", help="TOML settings")
-    _add_api(lock)
-    _add_filters(lock)
+    add_api(lock)
+    add_filters(lock)
 
     verify = commands.add_parser(
         "verify",
@@ -96,7 +96,7 @@ def add_commands(
     build.add_argument(
         "--update", action="store_true", help="resolve the spec again and rewrite the lock"
     )
-    _add_api(build)
+    add_api(build)
     tuning = build.add_argument_group("settings (also from --config and BULKDL_* variables)")
     tuning.add_argument("--config", type=Path, metavar="FILE", help="TOML settings")
     tuning.add_argument("--concurrency", type=int, metavar="N", help="series in flight at once")
@@ -169,7 +169,7 @@ def _lock(args: argparse.Namespace) -> int:
     from bulkdl.config import load_settings
 
     if args.from_dir is not None:
-        if args.inputs or any(vars_of(_filters(args)).values()):
+        if args.inputs or any(vars_of(filters_of(args)).values()):
             raise InputError("give --from DIR or inputs (or query filters), not both")
         # Plain lines, only if files must be read (a ledger without SHA-256s): no live display.
         with make_reporter(json=False, progress=False, stream=sys.stdout, err=sys.stderr) as rep:
@@ -188,7 +188,7 @@ def _lock(args: argparse.Namespace) -> int:
     settings = load_settings(flags=flags, config_file=args.config, env=os.environ)
     if settings.insecure:
         _say(INSECURE_WARNING)
-    selection = selection_of(args.inputs, _filters(args))
+    selection = selection_of(args.inputs, filters_of(args))
     lock, missing = anyio.run(partial(resolve_lock, settings, selection, interactive=True))
     if missing:
         _say(f"bulkdl: {len(missing):,} series unknown to the server (or not accessible):")

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from bulkdl.cli import INSECURE_WARNING, _add_api, _add_filters, _filters, add_tuning
+from bulkdl.cli import INSECURE_WARNING, add_api, add_filters, add_tuning, filters_of
 from bulkdl.errors import AbortError, InputError
 from bulkdl.merged import ledger_names, write_sidecars
 from bulkdl.outdir import STATE_DIR, disk_error, exclusive
@@ -89,8 +89,8 @@ def add_commands(
     job.add_argument(
         "--submit", action="store_true", help="submit it, and the finalize job after it"
     )
-    _add_api(slurm)
-    _add_filters(slurm)
+    add_api(slurm)
+    add_filters(slurm)
     tuning = slurm.add_argument_group("download settings passed to every task")
     add_tuning(tuning)
     tuning.add_argument(
@@ -139,7 +139,7 @@ def forwarded_options(args: argparse.Namespace) -> list[str]:
             options += [flag, str(Path(value).resolve()) if kind == "path" else str(value)]
     from bulkdl.api import vars_of
 
-    for name, value in vars_of(_filters(args)).items():
+    for name, value in vars_of(filters_of(args)).items():
         if value is not None:
             options += [f"--{name.replace('_', '-')}", str(value)]
     return options
@@ -163,7 +163,7 @@ def _check_download(args: argparse.Namespace) -> None:
     if settings.insecure:
         print(INSECURE_WARNING, file=sys.stderr)
     resolve_layout(settings.layout)
-    selection_of(args.inputs, _filters(args))
+    selection_of(args.inputs, filters_of(args))
 
 
 def _check_tree(out: Path, tasks: int) -> None:
