@@ -31,7 +31,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 
-from bulkdl import dicom
+from bulkdl import dicom, headerwalk
 from bulkdl.dicom import _read_header, read_header
 from bulkdl.testing import FakeArchive
 
@@ -599,7 +599,7 @@ def test_mutated_header_agrees(
     path = tmp_path / "m.dcm"
     path.write_bytes(bytes(data[:cut] if cut is not None else data))
     expected = outcome(lambda: _read_header(path, KEYWORDS, specific=True))
-    plan = dicom._plan(dicom._known_keywords(frozenset(KEYWORDS)))
-    fast = dicom._fast_header(path, plan)  # raising here fails the test
+    plan = headerwalk.plan_for(dicom._known_keywords(frozenset(KEYWORDS)))
+    fast = headerwalk.walk_header(path, plan)  # raising here fails the test
     assert fast is None or ("value", fast) == expected
     assert outcome(lambda: read_header(path, KEYWORDS)) == expected
