@@ -1,7 +1,8 @@
 """The download pipeline: the one module that wires every stage together.
 
-resolve (the source's metadata, batched) -> plan (the ledger says what is done; files deleted
-from the tree, revised series and crashed placements send a series back to work) -> fetch (a
+resolve (the source's metadata, batched) -> plan (:mod:`bulkdl.planning`: the ledger says what
+is done; files deleted from the tree, revised series and crashed placements send a series back
+to work) -> fetch (a
 bounded pool of workers; each attempt in a fresh staging folder under ``DIR/.bulkdl/``) ->
 verify -> place (``os.replace`` into the tree, the ledger told before and after) -> sidecars
 (``metadata.csv``, ``failures.csv``, licences). ``--staging PATH`` moves the fetch, unpack and
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import shutil
 import signal
@@ -48,13 +48,14 @@ from bulkdl.errors import (
     VerificationError,
 )
 from bulkdl.layout import Layout, resolve_layout
-from bulkdl.ledger import LEDGER_NAME, Ledger, SeriesState
+from bulkdl.ledger import LEDGER_NAME, Ledger
 from bulkdl.lockfile import Lock
 from bulkdl.merged import foreign_ledgers, write_sidecars
 from bulkdl.move import PrivateFolder, open_staging, refused_by
 from bulkdl.outdir import STATE_DIR, disk_error, exclusive, prepare_output
-from bulkdl.pack import Packer, check_layout, gone_members
+from bulkdl.pack import Packer, check_layout
 from bulkdl.place import Move, Placer
+from bulkdl.planning import plan
 from bulkdl.progress import (
     BytesReceived,
     Reporter,
@@ -189,90 +190,6 @@ def _run_fatal(group: BaseExceptionGroup[BaseException], out: Path) -> BaseExcep
         if isinstance(leaf, OSError):
             return disk_error(leaf, out)
     return leaves[0] if len(leaves) == 1 else group
-
-
-def _missing_files(ledger: Ledger, out: Path, done: Sequence[str]) -> dict[str, int]:
-    """Done series with files no longer in the tree: uid -> how many are missing.
-
-    A folder whose mtime is what it was right after bulkdl last placed files in it has lost
-    none (a deletion or rename changes its mtime), so only changed folders are listed: a re-run
-    over millions of untouched files costs one stat per folder.
-    """
-    wanted = set(done)
-    gone: list[str] = []
-    root = str(out)
-    for folder, mtime_ns in ledger.folders().items():
-        path = os.path.join(root, folder)  # strings: a Path per folder costs more than its stat
-        try:
-            if os.stat(path).st_mtime_ns == mtime_ns:
-                continue
-            names = {entry.name for entry in os.scandir(path)}
-        except OSError:
-            names = set()
-        gone += [
-            f.path for f in ledger.files_under(folder) if f.path.rsplit("/", 1)[-1] not in names
-        ]
-        gone += gone_members(ledger.archives_under(folder), names)  # --pack: archives gone
-    missing: dict[str, int] = {}
-    for uid in ledger.owners(gone).values():
-        if uid in wanted:
-            missing[uid] = missing.get(uid, 0) + 1
-    return missing
-
-
-async def _plan(run: _Run, found: Sequence[Series]) -> tuple[list[Series], list[Series]]:
-    """(to fetch, already done) after reconciling the ledger with the tree and the server.
-
-    The ledger's states are read once: resolving changes no state, so what this plan sends
-    back to pending is all that differs afterwards.
-    """
-    uids = [s.SeriesInstanceUID for s in found]
-    before = await run.db(lambda: run.ledger.states(uids, records=False))
-    reset: set[str] = set()
-    for series in found:
-        state = before.get(series.SeriesInstanceUID)
-        if state is None:
-            continue
-        if state.state == "placing":
-            # A run died while moving this series in: take back what it had placed.
-            reset.add(state.uid)
-            abandoned = await run.db(partial(run.ledger.abandon_placing, state.uid))
-            await anyio.to_thread.run_sync(run.placer.remove, abandoned)
-        elif state.state in ("done", "incomplete") and _revised(state, series):
-            reset.add(state.uid)
-            log.warning(
-                "series %s changed on the server (ImageCount %s -> %s, FileSize %s -> %s): "
-                "fetching it again",
-                state.uid, state.expected_images, series.ImageCount,
-                state.expected_bytes, series.FileSize,
-            )  # fmt: skip
-            stale = await run.db(partial(run.ledger.files, state.uid))
-            await anyio.to_thread.run_sync(run.placer.remove, stale)
-            await run.db(partial(run.ledger.mark_missing, state.uid, "revised on the server"))
-    await run.db(partial(run.ledger.upsert_resolved, found))
-    finished = [
-        uid
-        for uid, st in before.items()
-        if (st.state == "done" or (st.state == "incomplete" and run.settings.accept_incomplete))
-        and uid not in reset
-    ]
-    gone = await run.db(lambda: _missing_files(run.ledger, run.out, finished))
-    for uid, count in gone.items():
-        log.warning("%d file(s) of series %s are gone from the tree: fetching it again", count, uid)
-        await run.db(partial(run.ledger.mark_missing, uid, f"{count} file(s) deleted from tree"))
-    done_now = set(finished) - set(gone)
-    to_fetch = [s for s in found if s.SeriesInstanceUID not in done_now]
-    done = [s for s in found if s.SeriesInstanceUID in done_now]
-    return to_fetch, done
-
-
-def _revised(state: SeriesState, series: Series) -> bool:
-    def changed(old: int | None, new: int | None) -> bool:
-        return old is not None and new is not None and old != new
-
-    return changed(state.expected_images, series.ImageCount) or changed(
-        state.expected_bytes, series.FileSize
-    )
 
 
 async def _fetch_once(run: _Run, series: Series, attempt: int) -> SeriesOutcome:
@@ -564,7 +481,14 @@ async def _download(
         await run.db(partial(ledger.mark_failed, uid, reason))
         run.outcomes[uid] = SeriesOutcome(uid, "failed", reason=reason)
 
-    to_fetch, done = await _plan(run, found)
+    to_fetch, done = await plan(
+        found,
+        ledger=ledger,
+        placer=run.placer,
+        out=out,
+        accept_incomplete=settings.accept_incomplete,
+        db=run.db,
+    )
     for series in done:
         run.outcomes[series.SeriesInstanceUID] = SeriesOutcome(series.SeriesInstanceUID, "skipped")
     reporter.emit(
