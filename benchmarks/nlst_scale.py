@@ -3,7 +3,8 @@
 Time and peak RSS to resolve and plan (``--dry-run``), and of a re-run when every series is
 already done. The done state is made directly through the ledger (one small file per series in
 its folder, the folder's mtime recorded as a placement records it) since the metadata-only
-server has no images to send; the re-run is a plain ``bulkdl download``.
+server has no images to send, and the sidecars are written from it as the run that placed the
+series would have ended; the re-run is a plain ``bulkdl download``.
 
 Run alone at several sizes: ``python benchmarks/nlst_scale.py --series 20000,200000``.
 """
@@ -28,6 +29,7 @@ def _mark_all_done(out: Path, v4_url: str, uids: list[str]) -> float:
     import anyio
 
     from bulkdl.ledger import Ledger
+    from bulkdl.merged import write_sidecars
     from bulkdl.records import PlacedFile
     from bulkdl.sources.nbia_client import open_client
 
@@ -60,6 +62,7 @@ def _mark_all_done(out: Path, v4_url: str, uids: list[str]) -> float:
             )
         # The re-run checks each folder's mtime against these, as after real placements.
         ledger.record_folders(folders)
+        write_sidecars(out, ledger)
     return time.monotonic() - started
 
 

@@ -141,6 +141,12 @@ class MergedLedgers:
             pooled.update(ledger.licenses())
         return dict(sorted(pooled.items()))
 
+    def data_version(self) -> str | None:
+        """Every ledger's :meth:`~bulkdl.ledger.Ledger.data_version` together (None when one
+        keeps none)."""
+        versions = [ledger.data_version() for ledger in self.ledgers]
+        return None if None in versions else ";".join(map(str, versions))
+
     def runs(self) -> list[RunRecord]:
         """Every ledger's runs, oldest first."""
         runs = [run for ledger in self.ledgers for run in ledger.runs()]
@@ -174,8 +180,9 @@ def foreign_ledgers(out: Path, own: str) -> str | None:
 
 
 def write_sidecars(out: Path, own: Ledger | None = None) -> None:
-    """Rewrite ``out``'s metadata.csv, failures.csv and LICENSES/: from ``own`` when it is the
-    tree's only ledger (a plain run, exactly as before shards existed), else from every ledger
+    """Rewrite ``out``'s metadata.csv, failures.csv and LICENSES/ (unless nothing they show
+    changed since they were written: :func:`~bulkdl.sidecar.write_all`): from ``own`` when it is
+    the tree's only ledger (a plain run, exactly as before shards existed), else from every ledger
     merged (``bulkdl finalize``, or a plain run into a tree that shards wrote).
 
     Raises OSError when the output folder refuses the writes, InputError when ``own`` is None

@@ -6,13 +6,17 @@ itself a manifest (it has a ``SeriesInstanceUID`` column): ``bulkdl download DIR
 retries exactly those. ``LICENSES/<Collection>.txt`` holds each collection's licence once. Each
 file is written whole to a temporary name under ``.bulkdl/`` and renamed into place, so a reader
 never sees half of one; metadata.csv is written as the ledger's pages are read, so a
-200,000-series ledger never sits in memory whole. Blocking file I/O.
+200,000-series ledger never sits in memory whole. ``.bulkdl/sidecars.json`` notes what they were
+last written from (the ledgers' data versions) and each file as it was left (size, mtime, inode):
+when neither moved, nothing is rewritten, so a re-run that changed nothing costs a few stats.
+Blocking file I/O.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date
@@ -20,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from bulkdl import dicom
+from bulkdl import __version__, dicom
 from bulkdl.layout import sanitize_component
 from bulkdl.ledger import SeriesState, State
 
@@ -44,6 +48,10 @@ METADATA_COLUMNS: Final = (
     "Download Timestamp",
 )
 FAILURE_COLUMNS: Final = ("SeriesInstanceUID", "Reason", "Attempts")
+#: Under ``.bulkdl/``: what the sidecars were last written from, and each file as left then.
+STAMP_NAME: Final = "sidecars.json"
+#: Changes whenever the sidecars written from one ledger would differ (a column, a format).
+_FORMAT: Final = 1
 #: What metadata.csv takes from each series' record.
 RECORD_FIELDS: Final = (
     "Collection",
@@ -70,6 +78,8 @@ class LedgerView(Protocol):
     def series_folders(self) -> dict[str, str]: ...
 
     def licenses(self) -> dict[str, str]: ...
+
+    def data_version(self) -> str | None: ...
 
 
 @lru_cache(maxsize=4096)
@@ -151,12 +161,47 @@ def _write_metadata(ledger: LedgerView, target: Path, scratch: Path) -> None:
     os.replace(temporary, target)
 
 
+def _fingerprint(path: Path) -> list[int] | None:
+    """(size, mtime_ns, inode) of ``path``, or None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _up_to_date(out: Path, stamp: Path, source: str | None) -> bool:
+    """True when the sidecars under ``out`` were written from ``source`` and are as left then."""
+    if source is None:
+        return False
+    try:
+        noted = json.loads(stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(noted, dict) or noted.get("source") != source:
+        return False
+    files = noted.get("files")
+    return isinstance(files, dict) and all(
+        _fingerprint(out / name) == left for name, left in files.items()
+    )
+
+
 def write_all(ledger: LedgerView, out: Path) -> None:
-    """Rewrite metadata.csv, failures.csv (removed when nothing failed) and LICENSES/ under out.
+    """Rewrite metadata.csv, failures.csv (removed when nothing failed) and LICENSES/ under out,
+    unless nothing they show changed since this bulkdl wrote them (the ledger's data version is
+    the one noted then) and each is still as it was left.
 
     Raises OSError when the output folder refuses the writes.
     """
     scratch = out / ".bulkdl"
+    stamp = scratch / STAMP_NAME
+    version = ledger.data_version()
+    source = None if version is None else f"{__version__}/{_FORMAT}/{version}"
+    if _up_to_date(out, stamp, source):
+        return
+    # Gone before any sidecar changes: a run stopped midway leaves none, so the next rewrites.
+    stamp.unlink(missing_ok=True)
+    written = ["metadata.csv", "failures.csv"]
     _write_metadata(ledger, out / "metadata.csv", scratch)
     failed = [
         {"SeriesInstanceUID": st.uid, "Reason": st.last_error or "", "Attempts": str(st.attempts)}
@@ -172,4 +217,9 @@ def write_all(ledger: LedgerView, out: Path) -> None:
         folder = out / "LICENSES"
         folder.mkdir(exist_ok=True)
         for collection, text in licenses.items():
-            _write_atomic(folder / f"{sanitize_component(collection)}.txt", text, scratch)
+            name = f"LICENSES/{sanitize_component(collection)}.txt"
+            _write_atomic(out / name, text, scratch)
+            written.append(name)
+    if source is not None:
+        files = {name: _fingerprint(out / name) for name in written}
+        _write_atomic(stamp, json.dumps({"source": source, "files": files}), scratch)

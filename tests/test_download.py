@@ -79,6 +79,49 @@ def test_rerun_downloads_nothing(
     assert tree(out) == before
 
 
+def _left(path: Path) -> tuple[int, int]:
+    """(inode, mtime_ns): what a rewrite by rename changes."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def test_sidecars_are_rewritten_only_when_what_they_show_changed(
+    nbia_server: FakeNbiaServer, tmp_path: Path, all_uids: list[str]
+) -> None:
+    """A re-run that changed nothing leaves metadata.csv and the licence untouched; a re-run
+    that fetched a series again, or finds a sidecar removed or edited, writes them afresh."""
+    out, m = tmp_path / "out", manifest(tmp_path, all_uids)
+
+    def again() -> None:
+        result = run("download", str(m), "--out", str(out), "--api-url", nbia_server.v4_url)
+        assert result.returncode == 0, result.stderr
+
+    def rows() -> dict[str, dict[str, str]]:
+        with (out / "metadata.csv").open(newline="") as stream:
+            return {row["Series UID"]: row for row in csv.DictReader(stream)}
+
+    again()
+    metadata, licence = out / "metadata.csv", next((out / "LICENSES").iterdir())
+    first, text = (_left(metadata), _left(licence)), licence.read_text()
+    written = rows()
+    again()
+    assert (_left(metadata), _left(licence)) == first
+    # a file gone from the tree: its series is fetched again, at a new download time
+    (out / sorted(expected_tree(nbia_server.archive, [all_uids[1]]))[0]).unlink()
+    again()
+    assert _left(metadata) != first[0]
+    now = rows()
+    assert list(now) == all_uids
+    assert now[all_uids[1]]["Download Timestamp"] > written[all_uids[1]]["Download Timestamp"]
+    assert now[all_uids[0]] == written[all_uids[0]]
+    # sidecars removed or edited by hand are written again, though the ledger did not change
+    metadata.write_text("edited\n")
+    licence.unlink()
+    again()
+    assert rows() == now
+    assert licence.read_text() == text
+
+
 def test_deleted_file_is_noticed_and_refetched(
     nbia_server: FakeNbiaServer, tmp_path: Path, all_uids: list[str]
 ) -> None:

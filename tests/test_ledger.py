@@ -281,6 +281,35 @@ def test_attempts_failures_and_summary(ledger: Ledger) -> None:
         ledger.record_attempt("9.9.9", None)
 
 
+def test_data_version_moves_only_with_what_the_sidecars_show(ledger: Ledger) -> None:
+    """Series, file and licence changes draw a new data_version; runs, folders, re-resolving
+    the same records and a failed write leave it as it was."""
+    ledger.upsert_resolved([RICH, Series(U2)])
+    version = ledger.data_version()
+    assert version is not None
+    run_id = ledger.begin_run({})
+    ledger.upsert_resolved([RICH, Series(U2)])
+    ledger.record_folders([("P", 1)])
+    ledger.end_run(run_id, 0)
+    assert ledger.data_version() == version
+    with pytest.raises(ValueError):
+        ledger.finish_placing(U1, images=1, bytes_=1, incomplete=False, sop_class_uid=None)
+    assert ledger.data_version() == version
+    seen: set[str | None] = {version}
+    for change in (
+        lambda: ledger.upsert_resolved([Series(U2, ImageCount=9)]),
+        lambda: ledger.record_attempt(U2, "HTTP 503"),
+        lambda: ledger.mark_failed(U2, "stalled"),
+        lambda: place(ledger, U1, 2),
+        lambda: ledger.set_license("LIDC-IDRI", "CC BY 3.0"),
+        lambda: ledger.mark_missing(U1, "1 file(s) deleted from tree"),
+    ):
+        change()
+        now = ledger.data_version()
+        assert now not in seen
+        seen.add(now)
+
+
 # -- placing ---------------------------------------------------------------------------------------
 
 

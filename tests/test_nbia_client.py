@@ -248,6 +248,43 @@ async def test_metadata_is_batched_and_missing_uids_reported(nbia_server: FakeNb
         assert series.Collection == "DEMO-CT"
 
 
+async def test_metadata_list_is_sent_as_one_urlencoded_form_body() -> None:
+    """getSeriesMetadata's list reaches the server as a form body with its commas as they are,
+    and any form value (a password with reserved characters) decodes to what was given."""
+    seen: list[tuple[str, bytes, dict[str, str]]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        seen.append((request.content_type, body, form))
+        return web.Response(text='"SeriesInstanceUID"\r\n"1.2.3"\r\n', content_type="text/csv")
+
+    app = web.Application()
+    app.router.add_post("/nbia-api/services/v4/getSeriesMetadata", handler)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        url = f"http://{host}:{port}/nbia-api/services/v4/"
+        async with open_client(url) as client:
+            found, missing = await client.series_metadata(["1.2.3", "4.5.6"])
+        async with HttpClient() as http:
+            tricky = "a b&c,=é+%;"
+            await http.request("POST", url + "getSeriesMetadata", form={"list": tricky})
+    finally:
+        await runner.cleanup()
+    assert ([s.SeriesInstanceUID for s in found], missing) == (["1.2.3"], ["4.5.6"])
+    ctype, body, form = seen[0]
+    assert (ctype, body, form) == (
+        "application/x-www-form-urlencoded",
+        b"list=1.2.3,4.5.6",
+        {"list": "1.2.3,4.5.6"},
+    )
+    assert seen[1][0] == "application/x-www-form-urlencoded"
+    assert seen[1][2] == {"list": tricky}
+
+
 async def test_client_is_a_source(nbia_server: FakeNbiaServer) -> None:
     """NbiaClient satisfies the Source protocol: resolve and search."""
     uid = nbia_server.archive.series[0].uid

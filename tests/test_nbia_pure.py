@@ -518,6 +518,27 @@ def test_batch_of_rows_reads_as_each_row(columns: list[str], values: list[list[s
     assert nbia.series_from_rows(rows, URL) == one_by_one
 
 
+@given(
+    st.lists(st.sampled_from(_BATCH_COLUMNS), min_size=1, max_size=6, unique=True),
+    st.lists(st.lists(_BATCH_VALUES, min_size=6, max_size=6), max_size=4),
+)
+def test_csv_table_reads_as_its_rows(columns: list[str], values: list[list[str]]) -> None:
+    """A CSV answer read as a table gives the Series its rows give, or the same error."""
+    records = [row[: len(columns)] for row in values]
+    text = "\r\n".join(",".join(f'"{v}"' for v in line) for line in [columns, *records])
+    answer = nbia.parse_answer(text.encode(), "text/csv", URL)
+    assert isinstance(answer, nbia.Table)
+    rows = nbia.parse_rows(text.encode(), "text/csv", URL)
+    assert answer.rows() == rows
+    try:
+        expected = nbia.series_from_rows(rows, URL)
+    except ResponseError:
+        with pytest.raises(ResponseError):
+            nbia.series_from_answer(answer, URL)
+        return
+    assert nbia.series_from_answer(answer, URL) == expected
+
+
 @pytest.mark.parametrize(
     "row",
     [

@@ -57,6 +57,7 @@ _EXCERPT_CHARS: Final = 200
 MAX_REDIRECTS: Final = 5
 REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+FORM_TYPE: Final = "application/x-www-form-urlencoded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +186,16 @@ def follow_redirect(
             url=shown,
         )
     return Redirect(target, method, keep_body, same_origin)
+
+
+def form_body(form: Mapping[str, str]) -> bytes:
+    """``form`` as an ``application/x-www-form-urlencoded`` body, commas left as they are.
+
+    A comma needs no escaping in a form body, and leaving it makes the encoding of a
+    getSeriesMetadata list (thousands of UIDs: digits, dots and commas) one pass in C, where
+    aiohttp's own encoding escapes character by character. Pure.
+    """
+    return urlencode(form, safe=",").encode("ascii")
 
 
 def _display(url: str, params: Mapping[str, str] | None) -> str:
@@ -346,16 +357,17 @@ class HttpClient:
         response (any status but a redirect) and the URL it answered, for messages."""
         display = first = _display(url, params)
         sent = dict(headers) if headers else {}
-        data = dict(form) if form is not None else None
+        data = form_body(form) if form is not None else None
         query = dict(params) if params else None
         for _ in range(self.settings.max_redirects + 1):
+            typed = {**sent, "Content-Type": FORM_TYPE} if data is not None else sent
             try:
                 resp = await self.session.request(
                     method,
                     url,
                     params=query,
                     data=data,
-                    headers=sent or None,
+                    headers=typed or None,
                     allow_redirects=False,
                 )
             except _NETWORK_ERRORS as exc:

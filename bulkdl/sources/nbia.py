@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Final, Literal, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
@@ -241,31 +241,44 @@ def _json_rows(data: object, url: str, body: bytes) -> list[Row]:
     return rows
 
 
-def _csv_rows(text: str, url: str, body: bytes) -> list[Row]:
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A CSV answer as it came: the header and each record's fields, in the header's order
+    (every record exactly as long as the header)."""
+
+    header: tuple[str, ...]
+    records: list[list[str]]
+
+    def rows(self) -> list[Row]:
+        """The records as rows of column -> text."""
+        return list(map(dict, map(partial(zip, self.header), self.records)))
+
+
+def _csv_table(text: str, url: str, body: bytes) -> Table:
     try:
         # strict: a quoted field still open at the end is a body cut short, not a value.
         records = [r for r in csv.reader(io.StringIO(text, newline=""), strict=True) if r]
     except csv.Error as exc:
         raise _bad(url, f"malformed CSV ({exc})", body) from exc
     if not records:
-        return []
-    header = [h.strip() for h in records[0]]
+        return Table((), [])
+    header = tuple(h.strip() for h in records[0])
     if not all(header) or len(set(header)) != len(header):
         raise _bad(url, "CSV header has empty or repeated names", body)
-    rows: list[Row] = []
+    width = len(header)
     for n, record in enumerate(records[1:], start=2):
-        if len(record) > len(header):
+        if len(record) > width:
             raise _bad(url, f"CSV record {n} has more fields than the header", body)
-        if len(record) < len(header):
+        if len(record) < width:
             # NBIA writes every field of every row; a short last row is a body cut short,
             # and taking it would invent values (ImageCount "12" of "120") or drop them.
             raise _bad(url, f"CSV record {n} has fewer fields than the header (truncated?)", body)
-        rows.append(dict(zip(header, record, strict=False)))
-    return rows
+    return Table(header, records[1:])
 
 
-def parse_rows(body: bytes, content_type: str | None, url: str) -> list[Row]:
-    """Parse a query endpoint's answer into rows of column -> text (absent key = null).
+def parse_answer(body: bytes, content_type: str | None, url: str) -> Table | list[Row]:
+    """Parse a query endpoint's answer: a CSV answer as a :class:`Table`, a JSON one as rows of
+    column -> text (absent key = null).
 
     A 200 with an empty body means no rows; a single JSON object where an array was expected is
     one row; quoted CSV with a header row is accepted as well as JSON. Raises
@@ -290,8 +303,14 @@ def parse_rows(body: bytes, content_type: str | None, url: str) -> list[Row]:
             raise _bad(url, "invalid or truncated JSON", body) from exc
         return _json_rows(data, url, body)
     if "csv" in ctype or first == '"':
-        return _csv_rows(text, url, body)
+        return _csv_table(text, url, body)
     raise _bad(url, f"expected JSON or CSV, got {ctype or 'unlabelled text'}", body)
+
+
+def parse_rows(body: bytes, content_type: str | None, url: str) -> list[Row]:
+    """:func:`parse_answer` as rows of column -> text, whatever the format."""
+    answer = parse_answer(body, content_type, url)
+    return answer.rows() if isinstance(answer, Table) else answer
 
 
 # --------------------------------------------------------------------------- values
@@ -486,26 +505,49 @@ _SERIES_FIELDS: Final = tuple(f.name for f in fields(Series))
 
 def series_from_rows(rows: Sequence[Mapping[str, str]], url: str | None = None) -> list[Series]:
     """:func:`series_from_row` of each row; a column at a time when every row has the same
-    columns in the same order, as CSV rows do (a 200,000-series manifest is 200 such answers):
-    most columns hold one value all the way down, which is then read once.
+    columns in the same order, as CSV rows do: see :func:`series_from_answer`.
 
     Raises :class:`ResponseError` if a row has no SeriesInstanceUID.
     """
     if not rows:
         return []
     header = tuple(rows[0])
+    if any(tuple(row) != header for row in rows):
+        # Rows of different shapes (JSON leaves nulls out): one row at a time.
+        return [series_from_row(row, url) for row in rows]
+    cells = list(zip(*[row.values() for row in rows], strict=True))
+    return _series_from_columns(header, cells, url)
+
+
+def series_from_answer(answer: Table | list[Row], url: str | None = None) -> list[Series]:
+    """:func:`series_from_row` of each row of a :func:`parse_answer` answer. A CSV table is read
+    a column at a time (a 200,000-series manifest is 200 such answers): most columns hold one
+    value all the way down, which is then read once.
+
+    Raises :class:`ResponseError` if a row has no SeriesInstanceUID.
+    """
+    if not isinstance(answer, Table):
+        return series_from_rows(answer, url)
+    if not answer.records:
+        return []
+    return _series_from_columns(answer.header, list(zip(*answer.records, strict=True)), url)
+
+
+def _series_from_columns(
+    header: tuple[str, ...], cells: list[tuple[str, ...]], url: str | None
+) -> list[Series]:
+    """The Series of rows given as columns (``cells[i]``: every row's text of ``header[i]``)."""
     plans = [_column_plan(Series, column) for column in header]
     sources: dict[str, list[int]] = {}
     for index, (keyword, kind) in enumerate(plans):
         if kind != "unknown":
             sources.setdefault(keyword, []).append(index)
-    twice_in_extra = any(len(i) > 1 and plans[i[0]][1] == "extra" for i in sources.values())
-    if twice_in_extra or any(tuple(row) != header for row in rows):
-        # Rows of different shapes (JSON leaves nulls out), or a keyword kept in ``extra``
-        # under two spellings: one row at a time.
+    if any(len(i) > 1 and plans[i[0]][1] == "extra" for i in sources.values()):
+        # A keyword kept in ``extra`` under two spellings: one row at a time.
+        rows = map(dict, map(partial(zip, header), zip(*cells, strict=True)))
         return [series_from_row(row, url) for row in rows]
-    cells: list[tuple[str, ...]] = list(zip(*[row.values() for row in rows], strict=True))
-    stripped = [[value.strip() for value in column] for column in cells]
+    count = len(cells[0]) if cells else 0
+    stripped = [_stripped(column) for column in cells]
     columns: dict[str, list[Any]] = {}
     for keyword, indexes in sources.items():
         kind = plans[indexes[0]][1]
@@ -523,9 +565,17 @@ def series_from_rows(rows: Sequence[Mapping[str, str]], url: str | None = None) 
         (header[i], cells[i], stripped[i]) for i, p in enumerate(plans) if p[1] == "unknown"
     ]
     extra += [(p[0], stripped[i], stripped[i]) for i, p in enumerate(plans) if p[1] == "extra"]
-    columns["extra"] = _extras(extra, len(rows))
-    absent = [None] * len(rows)
+    columns["extra"] = _extras(extra, count)
+    absent = [None] * count
     return list(map(Series, *(columns.get(name, absent) for name in _SERIES_FIELDS)))
+
+
+def _stripped(column: Sequence[str]) -> list[str]:
+    """Each text stripped (once for a column holding one text all the way down)."""
+    first = column[0]
+    if column.count(first) == len(column):
+        return [first.strip()] * len(column)
+    return list(map(str.strip, column))
 
 
 def _converted(texts: list[str], convert: Callable[[str], Any]) -> list[Any]:
@@ -533,6 +583,8 @@ def _converted(texts: list[str], convert: Callable[[str], Any]) -> list[Any]:
     first = texts[0]
     if texts.count(first) == len(texts):
         return [convert(first) if first else None] * len(texts)
+    if "" not in texts:
+        return list(map(convert, texts))
     return [convert(text) if text else None for text in texts]
 
 

@@ -32,7 +32,7 @@ from bulkdl.retry import HOST_WIDE_STATUSES, HostBackoff, RetryPolicy
 from bulkdl.sources import nbia
 from bulkdl.sources.auth import Credentials, TokenAuth
 from bulkdl.sources.http import HttpClient, HttpResponse, HttpSettings, StreamResponse
-from bulkdl.sources.nbia import ApiRequest, ParamValue, Row, SeriesQuery
+from bulkdl.sources.nbia import ApiRequest, ParamValue, Row, SeriesQuery, Table
 
 log = logging.getLogger(__name__)
 
@@ -275,21 +275,22 @@ class NbiaClient:
         """
         wanted = list(dict.fromkeys(uids))
         by_uid: dict[str, Series] = {}
-        send, receive = anyio.create_memory_object_stream[tuple[list[Row], str]](1)
+        send, receive = anyio.create_memory_object_stream[tuple[Table | list[Row], str]](1)
 
         async def ask() -> None:
             async with send:
                 for batch in nbia.metadata_batches(wanted, self.metadata_batch):
                     form = {"list": nbia.metadata_form_list(batch)}
                     req = self._request("getSeriesMetadata", form)
-                    rows = await self._send(req, None, partial(_parse, req))
-                    await send.send((rows, req.display_url))
+                    answer = await self._send(req, None, partial(_parse_answer, req))
+                    await send.send((answer, req.display_url))
 
         try:
             async with anyio.create_task_group() as tg, receive:
                 tg.start_soon(ask)
-                async for rows, url in receive:
-                    records = await anyio.to_thread.run_sync(nbia.series_from_rows, rows, url)
+                async for answer, url in receive:
+                    convert = nbia.series_from_answer
+                    records = await anyio.to_thread.run_sync(convert, answer, url)
                     for record in records:
                         by_uid.setdefault(record.SeriesInstanceUID, record)
         except BaseExceptionGroup as group:
@@ -378,6 +379,10 @@ class _Unparsable(Exception):
 
 def _parse(req: ApiRequest, resp: HttpResponse) -> list[Row]:
     return nbia.parse_rows(resp.body, resp.content_type, req.display_url)
+
+
+def _parse_answer(req: ApiRequest, resp: HttpResponse) -> Table | list[Row]:
+    return nbia.parse_answer(resp.body, resp.content_type, req.display_url)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
