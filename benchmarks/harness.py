@@ -9,6 +9,7 @@ from its on-disk cache and every contender sees the same, warm server.
 
 from __future__ import annotations
 
+import compileall
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,8 @@ class Measure:
     cpu: float
     rss_mb: float
     code: int
+    #: DICOM bytes the run left under its output folder, where it was asked to count them.
+    written: int | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,27 @@ def repeat(
         prepare()
         results.append(measure(command(), **kw))  # type: ignore[arg-type]
     return results
+
+
+def interleaved(
+    runs: int, out: Path, commands: dict[str, Sequence[str]], **kw: object
+) -> dict[str, list[Measure]]:
+    """``runs`` rounds in which every command runs once, in turn, into ``out`` emptied first: a
+    shared machine's slow minutes then fall on every contender alike, not on whichever ran
+    while they lasted. Each measure counts the DICOM bytes its run left in ``out``."""
+    results: dict[str, list[Measure]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            emptied(out)()
+            m = measure(command, **kw)  # type: ignore[arg-type]
+            results[name].append(replace(m, written=dir_bytes(out)))
+    return results
+
+
+def compile_bulkdl() -> None:
+    """Write the bytecode of bulkdl's modules, as installing a package does, so no contender's
+    first run (or every run, under PYTHONDONTWRITEBYTECODE) pays for compiling them."""
+    compileall.compile_dir(ROOT / "bulkdl", quiet=1)
 
 
 def median(values: Sequence[float]) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from harness import Context, Measure, bulkdl_download, dir_bytes, emptied, median, repeat
+from harness import Context, Measure, bulkdl_download, interleaved, median
 from report import Section, Target
 
 
@@ -45,7 +45,8 @@ def run(ctx: Context, series: int = 12, images: int = 100) -> Section:
     section = Section(
         "1. Throughput on loopback",
         f"{series} series x {images} CT images 512x512 from `bulkdl serve-fake` on 127.0.0.1, "
-        f"median of {ctx.runs} runs each; bulkdl verifies and organizes, the others do not.",
+        f"median of {ctx.runs} rounds in which the contenders take turns; bulkdl verifies and "
+        "organizes, the others do not.",
     )
     spec = ["--patients", str(series), "--series", "1", "--images", str(images)]
     variants = ["getImage?", "getImage?IncludeMD5=Yes&", "getImage?NewFileNames=Yes&"]
@@ -53,43 +54,37 @@ def run(ctx: Context, series: int = 12, images: int = 100) -> Section:
         variants.append("getImageWithMD5Hash?")
     with ctx.server(*spec, variants=variants) as (server, manifest, uids):
         out = ctx.work / "out"
-        walls: dict[str, float] = {}
-        cpus: dict[str, float] = {}
-
-        def measure(name: str, command: list[str]) -> None:
-            runs = repeat(ctx.runs, emptied(out), lambda: command, cwd=ctx.work)
-            written = dir_bytes(out)
-            section.rows.append(row(name, runs, written))
-            walls[name] = median([r.wall for r in runs])
-            cpus[name] = median([r.cpu for r in runs]) / max(written / 1e9, 1e-9)
-            ctx.echo(section.rows[-1])
-
-        measure("curl+unzip (8 parallel)", curl_unzip(server.v4_url, uids, out, 8))
-        measure("bulkdl (defaults)", bulkdl_download(manifest, out, server.v4_url))
+        commands = {
+            "curl+unzip (8 parallel)": curl_unzip(server.v4_url, uids, out, 8),
+            "bulkdl (defaults)": bulkdl_download(manifest, out, server.v4_url),
+        }
         if ctx.others_python:
             contenders = Path(__file__).resolve().parent / "contenders"
-            measure(
-                "tcia_utils (max_workers=8)",
-                [
-                    ctx.others_python,
-                    str(contenders / "tcia_utils_run.py"),
-                    server.v4_url,
-                    str(manifest),
-                    str(out),
-                    "8",
-                ],
-            )
-            measure(
-                "nbiatoolkit (nParallel=2)",
-                [
-                    ctx.others_python,
-                    str(contenders / "nbiatoolkit_run.py"),
-                    server.services_url,
-                    str(manifest),
-                    str(out),
-                    "2",
-                ],
-            )
+            commands["tcia_utils (max_workers=8)"] = [
+                ctx.others_python,
+                str(contenders / "tcia_utils_run.py"),
+                server.v4_url,
+                str(manifest),
+                str(out),
+                "8",
+            ]
+            commands["nbiatoolkit (nParallel=2)"] = [
+                ctx.others_python,
+                str(contenders / "nbiatoolkit_run.py"),
+                server.services_url,
+                str(manifest),
+                str(out),
+                "2",
+            ]
+        measured = interleaved(ctx.runs, out, commands, cwd=ctx.work)
+    walls: dict[str, float] = {}
+    cpus: dict[str, float] = {}
+    for name, runs in measured.items():
+        written = min(r.written or 0 for r in runs)
+        section.rows.append(row(name, runs, written))
+        walls[name] = median([r.wall for r in runs])
+        cpus[name] = median([r.cpu for r in runs]) / max(written / 1e9, 1e-9)
+        ctx.echo(section.rows[-1])
     floor = walls["curl+unzip (8 parallel)"]
     ours = walls["bulkdl (defaults)"]
     section.targets.append(

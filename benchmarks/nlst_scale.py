@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import ROOT, Context, Measure, bulkdl_download, measure
+from harness import ROOT, Context, Measure, bulkdl_download, compile_bulkdl, measure
 from report import Section, Target
 
 PLAN_LIMIT_S, RERUN_LIMIT_S, RSS_LIMIT_MB = 30.0, 20.0, 500.0
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--series", default="200000", help="comma-separated totals")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-archives")
     args = parser.parse_args()
+    compile_bulkdl()
     for total in (int(n) for n in args.series.split(",")):
         work = Path(tempfile.mkdtemp(prefix="bulkdl-nlst-"))
         try:

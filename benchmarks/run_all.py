@@ -34,7 +34,7 @@ import organize_files  # noqa: E402
 import scaling  # noqa: E402
 import slurm_scaling  # noqa: E402
 import small_series  # noqa: E402
-from harness import ROOT, Context  # noqa: E402
+from harness import ROOT, Context, compile_bulkdl  # noqa: E402
 
 SCENARIOS = {
     "loopback": loopback.run,
@@ -57,7 +57,12 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-archives")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
+    if args.others_python:
+        # Contenders run in their own folders: a relative path (make bench's) would not reach.
+        # abspath, not resolve: a virtualenv's python is a link that must stay in the venv.
+        args.others_python = os.path.abspath(args.others_python)
 
+    compile_bulkdl()
     work = Path(tempfile.mkdtemp(prefix="bulkdl-bench-"))
     sections = []
     try:

@@ -27,7 +27,7 @@ import anyio
 
 from bulkdl.audit import tree_records
 from bulkdl.config import Settings, load_settings
-from bulkdl.cpugate import CpuGate
+from bulkdl.cpugate import CpuGate, default_slots
 from bulkdl.errors import InputError
 from bulkdl.lockdiff import compare_series
 from bulkdl.lockfile import (
@@ -149,7 +149,7 @@ async def open_source(
         verify=not settings.insecure,
         ca_bundle=settings.ca_bundle,
     )
-    cpu = CpuGate(max(2, os.cpu_count() or 2))
+    cpu = CpuGate(default_slots())
     async with open_client(base_url, settings=http, credentials=credentials) as client:
         client.metadata_batch = settings.metadata_batch
         yield NbiaSource(client, new_file_names=settings.new_file_names, cpu=cpu), base_url

@@ -1,4 +1,4 @@
-"""CPU work of many series in flight, at most one per core, the series that started first first.
+"""CPU work of many series in flight, a few at once, the series that started first first.
 
 Every series in flight hands its body to worker threads in ~1 MiB batches (inflate, hash, write).
 On a fast link there are more batches than cores, and a fair queue serves the series in turn, so
@@ -7,18 +7,31 @@ the cores idle. :class:`CpuGate` serves the waiting batch of the oldest series i
 finish one after another, each one's placing overlaps the others' unpacking, and fewer series
 sit half-unpacked on disk. It is work-conserving: a younger series' batch runs whenever no older
 one is waiting. On a slow link nobody waits and the order does not matter.
+
+:func:`default_slots` is one more than there are cores: when a batch ends, its worker thread
+hands the result back to the event loop, which must take the GIL and wake the next waiter
+before another batch starts, and that round trip left a core idle about 5 % of the time. With
+one batch queued beyond the cores, the loopback benchmark (12 series x 100 CT, 2 cores,
+interleaved with curl + unzip) took 2.78 s against 2.92 s, faster in 11 of 12 rounds; twice the
+cores was no better than one per core.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
 
 T = TypeVar("T")
+
+
+def default_slots() -> int:
+    """One more slot than there are cores (at least 2 cores are assumed)."""
+    return max(2, os.cpu_count() or 2) + 1
 
 
 class CpuGate:

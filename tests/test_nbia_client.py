@@ -261,19 +261,12 @@ async def test_metadata_list_is_sent_as_one_urlencoded_form_body() -> None:
 
     app = web.Application()
     app.router.add_post("/nbia-api/services/v4/getSeriesMetadata", handler)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        url = f"http://{host}:{port}/nbia-api/services/v4/"
+    tricky = "a b&c,=é+%;"
+    async with tiny_server(app) as url:
         async with open_client(url) as client:
             found, missing = await client.series_metadata(["1.2.3", "4.5.6"])
         async with HttpClient() as http:
-            tricky = "a b&c,=é+%;"
             await http.request("POST", url + "getSeriesMetadata", form={"list": tricky})
-    finally:
-        await runner.cleanup()
     assert ([s.SeriesInstanceUID for s in found], missing) == (["1.2.3"], ["4.5.6"])
     ctype, body, form = seen[0]
     assert (ctype, body, form) == (
@@ -316,12 +309,19 @@ async def flaky_server() -> AsyncIterator[tuple[str, list[int]]]:
 
     app = web.Application()
     app.router.add_get("/nbia-api/services/v4/getCollectionValues", handler)
+    async with tiny_server(app) as url:
+        yield url, hits
+
+
+@asynccontextmanager
+async def tiny_server(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on 127.0.0.1 in the test's own loop, for the block: its v4 base URL."""
     runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}/nbia-api/services/v4/", hits
+        yield f"http://{host}:{port}/nbia-api/services/v4/"
     finally:
         await runner.cleanup()
 
