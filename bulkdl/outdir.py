@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -84,14 +85,16 @@ def _hold(held: ExitStack, path: Path, how: int, taken: str) -> None:
 def prepare_output(out: Path) -> Path:
     """Create ``out/.bulkdl`` and prove it writable; returns the state folder.
 
-    Raises AbortError (exit 3) when ``out`` cannot be created or written.
+    Raises AbortError (exit 3) when ``out`` cannot be created or written. The probe file gets a
+    name of its own (``mkstemp``), so runs that prepare one tree at once (the shards of an array,
+    in one process or on nodes whose PIDs coincide) never remove each other's probe.
     """
     state = out / STATE_DIR
     try:
         state.mkdir(parents=True, exist_ok=True)
-        probe = state / f"probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        handle, probe = tempfile.mkstemp(prefix="probe-", dir=state)
+        os.close(handle)
+        os.unlink(probe)
     except OSError as exc:
         raise disk_error(exc, out) from exc
     return state

@@ -260,6 +260,20 @@ def test_shard_locks(tmp_path: Path) -> None:
         pass
 
 
+def test_preparing_one_tree_from_many_threads_at_once(tmp_path: Path) -> None:
+    """Shards run in one process (the Python API) prepare the same tree at once: none of them
+    sees its writability probe vanish, and no probe is left behind."""
+    out = tmp_path / "out"
+
+    def prepare(_: int) -> list[Path]:
+        return [prepare_output(out) for _ in range(200)]
+
+    with ThreadPoolExecutor(8) as pool:
+        states = {state for batch in pool.map(prepare, range(8)) for state in batch}
+    assert states == {out / ".bulkdl"}
+    assert list((out / ".bulkdl").iterdir()) == []
+
+
 def _staged(folder: Path, name: str, data: bytes, sop: str) -> StagedFile:
     path = folder / name
     path.write_bytes(data)
