@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from bulkdl.cli import main
+from bulkdl.cli import run
 
-raise SystemExit(main())
+run()

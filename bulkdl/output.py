@@ -17,9 +17,6 @@ from datetime import date
 from enum import StrEnum
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.table import Table
-
 from bulkdl.errors import InputError
 from bulkdl.manifest import write_tcia
 from bulkdl.records import Series
@@ -103,6 +100,10 @@ def write_records(records: Sequence[object], fmt: OutputFormat, stream: TextIO) 
 
 
 def _write_table(records: Sequence[object], stream: TextIO) -> None:
+    # rich is imported here, not at the top: a download never draws a table (~40 ms of start-up).
+    from rich.console import Console
+    from rich.table import Table
+
     kind = type(records[0]).__name__ if records else ""
     columns = list(TABLE_COLUMNS.get(kind, ())) or _columns(records)
     table = Table(show_lines=False, header_style="bold")

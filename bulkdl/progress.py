@@ -1,8 +1,8 @@
 """What the user sees while a download runs: the events the pipeline emits, and their reporters.
 
 The pipeline calls ``reporter.emit(event)`` from the event loop, for every chunk too, so emit is
-O(1) bookkeeping; output happens on a clock, not per event. :class:`LiveReporter` draws one rich
-``Live`` display on a terminal, refreshed a few times a second by rich's own thread;
+O(1) bookkeeping; output happens on a clock, not per event. The display on a terminal is
+:class:`~bulkdl.live.LiveReporter`, in its own module so that rich loads only where it draws;
 :class:`LineReporter` writes a plain line every few seconds (and one per retried or failed
 series) for logs; :class:`JsonReporter` writes one JSON object per line, coalescing
 :class:`BytesReceived` into a few ``progress`` objects a second. :func:`summary_text` is the
@@ -14,9 +14,7 @@ events hold no secrets. I/O only to the stream or console a reporter is given.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json as jsonlib
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,12 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Final, Literal, Protocol, Self, TextIO
-
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 Outcome = Literal["done", "incomplete", "failed", "skipped"]
 
@@ -177,7 +169,7 @@ def summary_text(run: RunFinished, *, failures_file: str = "failures.csv") -> st
 # --------------------------------------------------------------------------- shared state
 
 
-class _RateMeter:
+class RateMeter:
     """Bytes per second over roughly the last ``window`` seconds, from samples taken when output
     is produced (never per event)."""
 
@@ -198,7 +190,7 @@ class _RateMeter:
         return (total - before) / (now - then) if now - then >= 1.0 else 0.0
 
 
-class _Tally:
+class Tally:
     """Running counts from the events; every update is O(1).
 
     ``received`` counts every body byte (the rate); ``progress`` counts bytes toward the plan: the
@@ -274,11 +266,11 @@ class _Tally:
         return remaining / rate
 
 
-def _eta_text(seconds: float | None) -> str:
+def eta_text(seconds: float | None) -> str:
     return "?" if seconds is None else str(timedelta(seconds=round(seconds)))
 
 
-class _BaseReporter:
+class BaseReporter:
     """Context-manager plumbing shared by the reporters."""
 
     def close(self) -> None:
@@ -296,7 +288,7 @@ class _BaseReporter:
         self.close()
 
 
-class NullReporter(_BaseReporter):
+class NullReporter(BaseReporter):
     """Shows nothing: for library calls and tests that want no output."""
 
     def emit(self, event: Event) -> None:
@@ -309,7 +301,7 @@ class NullReporter(_BaseReporter):
 # --------------------------------------------------------------------------- JSON lines
 
 
-class JsonReporter(_BaseReporter):
+class JsonReporter(BaseReporter):
     """One JSON object per line on ``stream``, each with ``event`` and ``time`` (ISO 8601, UTC).
 
     Every event but :class:`BytesReceived` is written as it comes (``series_finished``,
@@ -330,8 +322,8 @@ class JsonReporter(_BaseReporter):
         self._interval = interval
         self._clock = clock
         self._wall = wall
-        self._tally = _Tally()
-        self._rate = _RateMeter()
+        self._tally = Tally()
+        self._rate = RateMeter()
         self._next_progress = clock() + interval
         self._reported = 0  # ``received`` as of the last progress object
         self._closed = False
@@ -406,7 +398,7 @@ _EVENT_NAMES: Final[dict[type, str]] = {
 # --------------------------------------------------------------------------- plain lines
 
 
-class LineReporter(_BaseReporter):
+class LineReporter(BaseReporter):
     """Plain lines for logs and pipes: the plan, a status line every ``interval`` seconds
     (``12/40 series, 1.2 GB, 85.3 MB/s, 2 failed, ETA 0:01:10``), and one line per retried,
     incomplete or failed series. The status line is written by the emit that finds it due, so a
@@ -422,8 +414,8 @@ class LineReporter(_BaseReporter):
         self._stream = stream
         self._interval = interval
         self._clock = clock
-        self._tally = _Tally()
-        self._rate = _RateMeter(window=interval)
+        self._tally = Tally()
+        self._rate = RateMeter(window=interval)
         self._next_line = clock() + interval
         self._closed = False
 
@@ -463,7 +455,7 @@ class LineReporter(_BaseReporter):
             parts.append(f"{tally.retries} retried")
         if tally.failed:
             parts.append(f"{tally.failed} failed")
-        parts.append(f"ETA {_eta_text(tally.eta(rate))}")
+        parts.append(f"ETA {eta_text(tally.eta(rate))}")
         return ", ".join(parts)
 
     def close(self) -> None:
@@ -484,98 +476,6 @@ def _one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-# --------------------------------------------------------------------------- live display
-
-
-class LiveReporter(_BaseReporter):
-    """One rich ``Live`` display on ``console``: series done/total, a bytes bar with rate and ETA,
-    retries and failures, and the oldest few series in flight with their bytes so far.
-
-    rich redraws it ``refresh_per_second`` times from its own thread; emit only updates counts
-    under a lock the drawing thread takes just long enough to copy them. Starts on ``with`` or on
-    the first event. stdout and stderr are left alone (not redirected through the display).
-    """
-
-    def __init__(
-        self,
-        console: Console,
-        *,
-        refresh_per_second: float = 4.0,
-        shown_in_flight: int = 5,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.console = console
-        self._clock = clock
-        self._shown = shown_in_flight
-        self._tally = _Tally()
-        self._rate = _RateMeter()
-        self._lock = threading.Lock()
-        self._live = Live(
-            get_renderable=self.render,
-            console=console,
-            refresh_per_second=refresh_per_second,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        )
-        self._state: Literal["new", "live", "closed"] = "new"
-
-    def __enter__(self) -> Self:
-        self._start()
-        return self
-
-    def emit(self, event: Event) -> None:
-        """Count ``event``; the display picks it up at its next refresh."""
-        if self._state != "live":
-            self._start()
-        with self._lock:
-            self._tally.update(event)
-
-    def close(self) -> None:
-        """Draw the final state and leave it on screen."""
-        if self._state == "live":
-            self._live.stop()
-        self._state = "closed"
-
-    def render(self) -> RenderableType:
-        """The display as of now (rich calls this at each refresh)."""
-        with self._lock:
-            tally = self._tally
-            over, total = tally.series_over, tally.total
-            progress, expected, received = tally.progress, tally.expected_bytes, tally.received
-            retries, failed, incomplete = tally.retries, tally.failed, tally.incomplete
-            flying = len(tally.in_flight)
-            shown = list(itertools.islice(tally.in_flight.items(), self._shown))
-            planned = tally.planned is not None
-        rate = self._rate.update(self._clock(), received)
-        eta = (expected - progress) / rate if planned and rate > 0 else None
-
-        bar = Table.grid(padding=(0, 1))
-        bar.add_row(
-            Text(f"{over}/{total} series", style="bold"),
-            ProgressBar(total=max(expected, 1), completed=progress, width=30),
-            Text(f"{human_bytes(progress)} / {human_bytes(expected)}"),
-            Text(f"{human_bytes(rate)}/s", style="cyan"),
-            Text(f"ETA {_eta_text(eta)}"),
-        )
-        counts = Text(f"retries {retries} · failed {failed} · incomplete {incomplete}")
-        if failed:
-            counts.stylize("red")
-        rows: list[RenderableType] = [bar, counts]
-        if shown:
-            flight = Table.grid(padding=(0, 2))
-            for uid, got in shown:
-                flight.add_row(Text("  " + short_uid(uid), style="dim"), human_bytes(got))
-            rows.append(flight)
-        if flying > len(shown):
-            rows.append(Text(f"  and {flying - len(shown)} more in flight", style="dim"))
-        return Group(*rows)
-
-    def _start(self) -> None:
-        if self._state == "new":
-            self._live.start()
-            self._state = "live"
-
-
 # --------------------------------------------------------------------------- choice
 
 
@@ -586,5 +486,7 @@ def make_reporter(*, json: bool, progress: bool, stream: TextIO, err: TextIO) ->
     if json:
         return JsonReporter(stream)
     if progress and err.isatty():
-        return LiveReporter(Console(file=err))
+        from bulkdl.live import LiveReporter  # rich only where a terminal shows it (~40 ms)
+
+        return LiveReporter(err)
     return LineReporter(err)

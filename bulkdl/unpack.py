@@ -102,7 +102,7 @@ def _read(src: BinaryIO, size: int, uid: str) -> bytes:
 class StreamUnpacker:
     """Unpack one series' ZIP body as it arrives; blocking, for one worker thread at a time.
 
-    ``feed(chunk)`` for each piece of the body, ``finish()`` at its end, ``abort()`` when the
+    ``feed(*pieces)`` for the next pieces of the body, ``finish()`` at its end, ``abort()`` when the
     transfer fails or is cancelled. ``LICENSE`` becomes ``license_text`` (cut at LICENSE_CAP),
     ``md5hashes.csv`` ``declared_md5``; every other file member is written to ``dest/<n>.dcm``
     (n = 1, 2, ... in ZIP order, six digits), hashed, and passed to ``inspect`` for its header
@@ -153,19 +153,21 @@ class StreamUnpacker:
         self._size = 0
         self._parts: list[bytes] = []
 
-    def feed(self, data: bytes) -> None:
-        """Unpack what ``data`` completes. Raises ArchiveError or OSError (see the class)."""
+    def feed(self, *pieces: bytes) -> None:
+        """Unpack what ``pieces`` (the next bytes of the body, in order) complete; handing over
+        several at once spares joining them. Raises ArchiveError or OSError (see the class)."""
         self._check_open()
         try:
-            for event in self._reader.feed_iter(data):
-                if type(event) is MemberData:
-                    self._data(event.data)
-                elif type(event) is MemberStart:
-                    self._start(event)
-                elif type(event) is MemberEnd:
-                    self._end()
-                elif type(event) is ArchiveEnd:
-                    self._ended = True
+            for data in pieces:
+                for event in self._reader.feed_iter(data):
+                    if type(event) is MemberData:
+                        self._data(event.data)
+                    elif type(event) is MemberStart:
+                        self._start(event)
+                    elif type(event) is MemberEnd:
+                        self._end()
+                    elif type(event) is ArchiveEnd:
+                        self._ended = True
         except BaseException:
             self.abort()
             raise

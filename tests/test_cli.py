@@ -49,6 +49,30 @@ def test_version_and_help() -> None:
         assert command in helped.stdout
 
 
+def test_quick_exit_keeps_all_output_and_the_status(
+    nbia_server: FakeNbiaServer, tmp_path: Path
+) -> None:
+    """The script skips the interpreter's teardown: what it wrote to a file (block-buffered)
+    is all there, the logging on stderr too, and the exit status is main's."""
+    listing = tmp_path / "all.jsonl"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with listing.open("w") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "bulkdl", "-vv", "query", "--api-url", nbia_server.v4_url,
+             "--format", "json"],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, env=buffered,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in listing.read_text().splitlines()]
+    assert sorted(r["SeriesInstanceUID"] for r in rows) == sorted(
+        s.uid for s in nbia_server.archive.series
+    )
+    assert "GET " in done.stderr and "getSeries" in done.stderr  # -vv logs each request
+    missing = run("download", str(tmp_path / "none.tcia"), "--out", str(tmp_path / "out"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"bulkdl: error: {tmp_path / 'none.tcia'}: no such file"
+
+
 def test_query_tcia_manifest_reads_back(nbia_server: FakeNbiaServer, tmp_path: Path) -> None:
     """`bulkdl query --collection X --format tcia > m.tcia` is a manifest of X's series."""
     collection = nbia_server.archive.series[0].collection

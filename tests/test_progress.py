@@ -1,18 +1,20 @@
-"""Tests for bulkdl.progress: what each reporter writes, how bytes coalesce, the closing summary."""
+"""Tests for bulkdl.progress and bulkdl.live: what each reporter writes, the closing summary."""
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 from rich.console import Console
 
+from bulkdl.live import LiveReporter
 from bulkdl.progress import (
     BytesReceived,
     JsonReporter,
     LineReporter,
-    LiveReporter,
     NullReporter,
     RunFinished,
     RunPlanned,
@@ -268,3 +270,16 @@ def test_null_reporter_is_a_silent_reporter() -> None:
         reporter.emit(RunPlanned(1, 1, 0, 1, 1))
         reporter.emit(BytesReceived(U1, 10))
     reporter.close()
+
+
+def test_a_run_without_a_terminal_never_loads_rich() -> None:
+    """rich is start-up time (~40 ms) that only the live display and query's table need: the
+    command line with every subcommand's parser built, and a plain reporter, leave it unloaded."""
+    code = (
+        "import sys, io; import bulkdl.cli as c; c.build_parser(); "
+        "from bulkdl.progress import make_reporter; "
+        "make_reporter(json=False, progress=True, stream=io.StringIO(), err=io.StringIO()); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

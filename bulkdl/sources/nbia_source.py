@@ -2,11 +2,11 @@
 
 Metadata comes from :class:`NbiaClient` (batched getSeriesMetadata for manifests, getSeries for
 searches). A series' bytes come from getImage with ``IncludeMD5=Yes``: the ZIP body is never
-spooled; it is gathered into ~1 MiB batches on the event loop (small, so 16 series in flight
-stay well under 200 MB) and each batch is handed, in order,
-to a :class:`~bulkdl.unpack.StreamUnpacker` in a worker thread through the shared
-:class:`~bulkdl.cpugate.CpuGate` (oldest series first), so
-inflating, hashing and writing the members overlaps the download (of this series up to the
+spooled; its pieces are gathered into ~1 MiB batches on the event loop (small, so 16 series in
+flight stay well under 200 MB; the pieces are handed over as they are, never joined into one
+copy) and each batch is handed, in order, to a :class:`~bulkdl.unpack.StreamUnpacker` in a worker
+thread through the shared :class:`~bulkdl.cpugate.CpuGate` (oldest series first), so inflating,
+hashing and writing the members overlaps the download (of this series up to the
 socket's buffers, of the other series fully). Streaming rather than spooling is a measured
 choice: writing the ZIP to the page cache and reading it back was half of the client's system
 time (see ``benchmarks/DECISIONS.md``). Network and disk I/O.
@@ -88,10 +88,10 @@ class NbiaSource:
                     size += len(chunk)
                     on_bytes(len(chunk))
                     if size >= FEED_BATCH:
-                        data, batch, size = b"".join(batch), [], 0
-                        await self._cpu.run(ticket, unpacker.feed, data)
+                        await self._cpu.run(ticket, unpacker.feed, *batch)
+                        batch, size = [], 0
                 if batch:
-                    await self._cpu.run(ticket, unpacker.feed, b"".join(batch))
+                    await self._cpu.run(ticket, unpacker.feed, *batch)
             return await self._cpu.run(ticket, unpacker.finish)
         except BaseException:
             # A transfer error, an ArchiveError or a cancellation: remove the partial files,
