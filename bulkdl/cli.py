@@ -15,13 +15,14 @@ import contextlib
 import logging
 import math
 import os
+import select
 import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import anyio
 
@@ -632,8 +633,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bulkdl: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and _reader_gone(sys.stdout):
+            return ExitCode.PIPE_CLOSED  # the reader has what it wanted: stop quietly, as cat does
         print(f"bulkdl: error: {exc}", file=sys.stderr)
         return ExitCode.ABORTED
+
+
+def _reader_gone(stream: TextIO) -> bool:
+    """True when ``stream`` is a pipe whose reading end is closed (poll reports an error on
+    it), so a broken pipe was stdout's and not, say, a socket's."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no file descriptor (a StringIO), or a closed one
+        return False
 
 
 def run() -> NoReturn:

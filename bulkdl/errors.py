@@ -35,6 +35,9 @@ class ExitCode(IntEnum):
     USAGE = 2
     ABORTED = 3
     INTERRUPTED = 130
+    #: The reader of stdout went away (``bulkdl query | head``): what a shell reports for a
+    #: program that SIGPIPE stopped.
+    PIPE_CLOSED = 141
 
 
 class BulkdlError(Exception):

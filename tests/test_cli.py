@@ -73,6 +73,27 @@ def test_quick_exit_keeps_all_output_and_the_status(
     assert missing.stderr.strip() == f"bulkdl: error: {tmp_path / 'none.tcia'}: no such file"
 
 
+def test_query_into_a_closed_pipe_stops_quietly(nbia_server: FakeNbiaServer) -> None:
+    """`bulkdl query | head`: when the reader has gone, the query stops with 141 (what a shell
+    reports for a program SIGPIPE stopped) and no error; a full disk stays an error (exit 3)."""
+    argv = [sys.executable, "-m", "bulkdl", "query", "--api-url", nbia_server.v4_url]
+    reader_gone = subprocess.Popen(
+        [*argv, "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert reader_gone.stdout is not None and reader_gone.stderr is not None
+    reader_gone.stdout.close()  # before the query has written anything
+    assert reader_gone.wait(timeout=120) == 141
+    assert reader_gone.stderr.read() == ""
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            refused = subprocess.run(
+                [*argv, "--format", "json"], stdout=full, stderr=subprocess.PIPE, text=True,
+                timeout=120,
+            )  # fmt: skip
+        assert refused.returncode == 3
+        assert "No space left on device" in refused.stderr
+
+
 def test_query_tcia_manifest_reads_back(nbia_server: FakeNbiaServer, tmp_path: Path) -> None:
     """`bulkdl query --collection X --format tcia > m.tcia` is a manifest of X's series."""
     collection = nbia_server.archive.series[0].collection
