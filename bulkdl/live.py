@@ -12,7 +12,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal, Self, TextIO
+from typing import Literal, Self
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -34,13 +34,13 @@ class LiveReporter(BaseReporter):
 
     def __init__(
         self,
-        console: Console | TextIO,
+        console: Console,
         *,
         refresh_per_second: float = 4.0,
         shown_in_flight: int = 5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.console = console if isinstance(console, Console) else Console(file=console)
+        self.console = console
         self._clock = clock
         self._shown = shown_in_flight
         self._tally = Tally()
@@ -81,9 +81,8 @@ class LiveReporter(BaseReporter):
             retries, failed, incomplete = tally.retries, tally.failed, tally.incomplete
             flying = len(tally.in_flight)
             shown = list(itertools.islice(tally.in_flight.items(), self._shown))
-            planned = tally.planned is not None
-        rate = self._rate.update(self._clock(), received)
-        eta = (expected - progress) / rate if planned and rate > 0 else None
+            rate = self._rate.update(self._clock(), received)
+            eta = tally.eta(rate)
 
         bar = Table.grid(padding=(0, 1))
         bar.add_row(

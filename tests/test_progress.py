@@ -274,9 +274,10 @@ def test_null_reporter_is_a_silent_reporter() -> None:
 
 def test_a_run_without_a_terminal_never_loads_rich() -> None:
     """rich is start-up time (~40 ms) that only the live display and query's table need: the
-    command line with every subcommand's parser built, and a plain reporter, leave it unloaded."""
+    command line with every subcommand's parser built, the download pipeline, and a plain
+    reporter leave it unloaded."""
     code = (
-        "import sys, io; import bulkdl.cli as c; c.build_parser(); "
+        "import sys, io; import bulkdl.cli as c; c.build_parser(); import bulkdl.pipeline; "
         "from bulkdl.progress import make_reporter; "
         "make_reporter(json=False, progress=True, stream=io.StringIO(), err=io.StringIO()); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'))"
