@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 
 from bulkdl.manifest import write_tcia
+from bulkdl.sources.http import HttpSettings, ssl_context
 from bulkdl.testing import FakeArchive, FakeNbiaServer, run_in_thread
 from bulkdl.testing.app import make_app
 
@@ -388,6 +389,20 @@ def test_bulkdl_ca_bundle_wins_over_ssl_cert_file(
     assert download(ca_server, tmp_path, env=env).returncode == 0
     env = clean_env(BULKDL_CA_BUNDLE=str(certs.self_signed))
     assert download(ca_server, tmp_path, "--ca-bundle", str(certs.ca), env=env).returncode == 0
+
+
+def test_ca_bundle_that_is_openssl_default_file_reuses_aiohttps_context(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle that is the file OpenSSL loads by default (SSL_CERT_FILE) is not read a second
+    time: the connector gets aiohttp's verifying context (True); another bundle still gets a
+    context of its own, and verification off stays False. The download through it is
+    test_ca_bundle_trusts_private_ca[SSL_CERT_FILE]."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
+    assert ssl_context(HttpSettings(ca_bundle=certs.ca)) is True
+    own = ssl_context(HttpSettings(ca_bundle=certs.self_signed))
+    assert isinstance(own, ssl.SSLContext) and own.verify_mode == ssl.CERT_REQUIRED
+    assert ssl_context(HttpSettings(ca_bundle=certs.ca, verify=False)) is False
 
 
 @pytest.mark.parametrize("problem", ["missing", "not-pem"])
