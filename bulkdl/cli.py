@@ -130,7 +130,8 @@ def add_api(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="PEM file of CA certificates to trust instead of the system's, e.g. a site's "
-        "TLS-inspecting proxy (env BULKDL_CA_BUNDLE, or SSL_CERT_FILE); verification stays on",
+        "TLS-inspecting proxy (env BULKDL_CA_BUNDLE; OpenSSL's SSL_CERT_FILE works too); "
+        "verification stays on",
     )
     parser.add_argument(
         "--insecure",

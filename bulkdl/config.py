@@ -10,8 +10,10 @@ API URL carrying ``user:password@`` too (from every source, without repeating it
 safe place for a password, it ends up in logs, the ledger and ``ps``); :mod:`bulkdl.sources.auth`
 reads them from its own environment variables or file. TLS: ``insecure`` turns certificate
 verification off (callers warn on every run); ``ca_bundle`` names a PEM file of CAs to trust
-instead of the system's, from ``--ca-bundle``, ``BULKDL_CA_BUNDLE`` or the standard
-``SSL_CERT_FILE`` (lowest of the three).
+instead of the system's, from ``--ca-bundle`` or ``BULKDL_CA_BUNDLE``. The standard
+``SSL_CERT_FILE`` is not read here: OpenSSL honours it itself (in place of the system's CA file)
+in the verifying context aiohttp builds on import, which is what a run without a ``ca_bundle``
+uses, so that file is read once rather than twice (27-50 ms of every start-up).
 """
 
 from __future__ import annotations
@@ -100,8 +102,6 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "BULKDL_READ_TIMEOUT": "read_timeout",
     "BULKDL_ACCEPT_INCOMPLETE": "accept_incomplete",
     "BULKDL_INSECURE": "insecure",
-    # The standard OpenSSL variable first, so that bulkdl's own wins when both are set.
-    "SSL_CERT_FILE": "ca_bundle",
     "BULKDL_CA_BUNDLE": "ca_bundle",
     "BULKDL_STAGING": "staging",
     "BULKDL_PACK": "pack",

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from bulkdl.config import load_settings
 from bulkdl.manifest import write_tcia
 from bulkdl.sources.http import HttpSettings, ssl_context
 from bulkdl.testing import FakeArchive, FakeNbiaServer, run_in_thread
@@ -348,8 +349,8 @@ def test_insecure_query_warns(self_signed_server: TlsNbiaServer) -> None:
 def test_ca_bundle_trusts_private_ca(
     ca_server: TlsNbiaServer, certs: Certs, tmp_path: Path, how: str
 ) -> None:
-    """A CA bundle from --ca-bundle, BULKDL_CA_BUNDLE, SSL_CERT_FILE or the config file makes a
-    proxy-signed server work with verification on: no warning, every image placed."""
+    """A CA bundle from --ca-bundle, BULKDL_CA_BUNDLE, the config file or OpenSSL's SSL_CERT_FILE
+    makes a proxy-signed server work with verification on: no warning, every image placed."""
     flags: list[str] = []
     env = clean_env()
     if how == "flag":
@@ -391,18 +392,19 @@ def test_bulkdl_ca_bundle_wins_over_ssl_cert_file(
     assert download(ca_server, tmp_path, "--ca-bundle", str(certs.ca), env=env).returncode == 0
 
 
-def test_ca_bundle_that_is_openssl_default_file_reuses_aiohttps_context(
-    certs: Certs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A bundle that is the file OpenSSL loads by default (SSL_CERT_FILE) is not read a second
-    time: the connector gets aiohttp's verifying context (True); another bundle still gets a
-    context of its own, and verification off stays False. The download through it is
-    test_ca_bundle_trusts_private_ca[SSL_CERT_FILE]."""
-    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))
-    assert ssl_context(HttpSettings(ca_bundle=certs.ca)) is True
-    own = ssl_context(HttpSettings(ca_bundle=certs.self_signed))
+def test_ssl_cert_file_is_left_to_openssl(certs: Certs) -> None:
+    """SSL_CERT_FILE is no ca_bundle: the connector gets aiohttp's verifying context (True),
+    which OpenSSL has already filled from that file, rather than a second one read from it; the
+    download trusting it is test_ca_bundle_trusts_private_ca[SSL_CERT_FILE]. bulkdl's own
+    variable still makes a context of its own."""
+    only_openssl = load_settings(flags={}, config_file=None, env={"SSL_CERT_FILE": str(certs.ca)})
+    assert only_openssl.ca_bundle is None
+    assert ssl_context(HttpSettings(ca_bundle=only_openssl.ca_bundle)) is True
+    env = {"SSL_CERT_FILE": str(certs.self_signed), "BULKDL_CA_BUNDLE": str(certs.ca)}
+    ours = load_settings(flags={}, config_file=None, env=env)
+    assert ours.ca_bundle == certs.ca
+    own = ssl_context(HttpSettings(ca_bundle=ours.ca_bundle))
     assert isinstance(own, ssl.SSLContext) and own.verify_mode == ssl.CERT_REQUIRED
-    assert ssl_context(HttpSettings(ca_bundle=certs.ca, verify=False)) is False
 
 
 @pytest.mark.parametrize("problem", ["missing", "not-pem"])
