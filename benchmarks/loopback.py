@@ -89,7 +89,7 @@ def run(ctx: Context, series: int = 12, images: int = 100) -> Section:
                 measured[name].extend(runs)
             emptied(out)()
             startup.append(measure(dry, cwd=ctx.work).wall)
-            budgets.append(measure_budget(urls, ctx.work / "budget", 1))
+            budgets.append(measure_budget(urls, ctx.work / "budget"))
         budget = {step: median([b[step] for b in budgets]) for step in STEPS}
     walls: dict[str, float] = {}
     cpus: dict[str, float] = {}
@@ -117,7 +117,7 @@ def run(ctx: Context, series: int = 12, images: int = 100) -> Section:
                 f"{ours:.2f} s vs {theirs:.2f} s: {ours / theirs:.2f}x",
             )
         )
-    section.notes.extend(budget_notes(budget, median(startup), walls))
+    section.notes.append(budget_note(budget, median(startup), walls))
     floor_cpu, our_cpu = cpus["curl+unzip (8 parallel)"], cpus["bulkdl (defaults)"]
     section.targets.append(
         Target(
@@ -129,19 +129,15 @@ def run(ctx: Context, series: int = 12, images: int = 100) -> Section:
     return section
 
 
-def budget_notes(budget: dict[str, float], startup: float, walls: dict[str, float]) -> list[str]:
+def budget_note(budget: dict[str, float], startup: float, walls: dict[str, float]) -> str:
     """The compute floor as markdown: each necessary step's CPU, and the wall time they allow."""
     cores = os.cpu_count() or 1
-    total = sum(budget.values())
-    bound = floor(budget, startup, cores)
     steps = ", ".join(f"{step} {budget[step]:.2f}" for step in STEPS)
-    lines = [
+    note = (
         f"Compute floor of bulkdl here (the same ZIPs, one thread, CPU s): {steps}; "
-        f"{total:.2f} CPU s over {cores} cores plus a {startup:.2f} s start-up (`--dry-run`): "
-        f"no run that verifies and records these hashes can end before {bound:.2f} s "
-        f"(bulkdl took {walls['bulkdl (defaults)']:.2f} s)."
-    ]
+        f"{sum(budget.values()):.2f} CPU s over {cores} cores plus a {startup:.2f} s start-up "
+        f"(`--dry-run`): no run that verifies and records these hashes can end before "
+        f"{floor(budget, startup, cores):.2f} s (bulkdl took {walls['bulkdl (defaults)']:.2f} s)."
+    )
     theirs = walls.get("tcia_utils (max_workers=8)")
-    if theirs is not None:
-        lines[0] += f" 0.6 x tcia_utils is {0.6 * theirs:.2f} s."
-    return lines
+    return note if theirs is None else f"{note} 0.6 x tcia_utils is {0.6 * theirs:.2f} s."
