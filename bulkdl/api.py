@@ -149,10 +149,10 @@ async def open_source(
         verify=not settings.insecure,
         ca_bundle=settings.ca_bundle,
     )
-    cpu = CpuGate(default_slots())
-    async with open_client(base_url, settings=http, credentials=credentials) as client:
-        client.metadata_batch = settings.metadata_batch
-        yield NbiaSource(client, new_file_names=settings.new_file_names, cpu=cpu), base_url
+    with CpuGate(default_slots()) as cpu:
+        async with open_client(base_url, settings=http, credentials=credentials) as client:
+            client.metadata_batch = settings.metadata_batch
+            yield NbiaSource(client, new_file_names=settings.new_file_names, cpu=cpu), base_url
 
 
 def check_kept(result: RunResult, lock: Lock) -> RunResult:

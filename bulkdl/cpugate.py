@@ -1,4 +1,4 @@
-"""CPU work of many series in flight, a few at once, the series that started first first.
+"""CPU work of many series in flight, on the gate's own worker threads, the oldest series first.
 
 Every series in flight hands its body to worker threads in ~1 MiB batches (inflate, hash, write).
 On a fast link there are more batches than cores, and a fair queue serves the series in turn, so
@@ -8,78 +8,149 @@ finish one after another, each one's placing overlaps the others' unpacking, and
 sit half-unpacked on disk. It is work-conserving: a younger series' batch runs whenever no older
 one is waiting. On a slow link nobody waits and the order does not matter.
 
-:func:`default_slots` is one more than there are cores: when a batch ends, its worker thread
-hands the result back to the event loop, which must take the GIL and wake the next waiter
-before another batch starts, and that round trip left a core idle about 5 % of the time. With
-one batch queued beyond the cores, the loopback benchmark (12 series x 100 CT, 2 cores,
-interleaved with curl + unzip) took 2.78 s against 2.92 s, faster in 11 of 12 rounds; twice the
-cores was no better than one per core.
+The gate keeps its own worker threads, each taking the next batch from the queue as soon as it
+finishes one: the event loop is told of each result, but no core waits for it to hand out the
+next batch, as it did when every batch went to a thread pool through the event loop. There is
+one more thread than there are cores (:func:`default_slots`), because some of each thread's work
+waits for the GIL while the event loop reads sockets. Both measured on the loopback benchmark
+(``benchmarks/DECISIONS.md``, "How many batches unpack at once?").
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import itertools
 import os
+import threading
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 import anyio
 
 T = TypeVar("T")
 
+_QUEUED, _RUNNING, _DROPPED = range(3)
+
 
 def default_slots() -> int:
-    """One more slot than there are cores (at least 2 cores are assumed)."""
+    """One more worker thread than there are cores (at least 2 cores are assumed)."""
     return max(2, os.cpu_count() or 2) + 1
 
 
+@dataclass(eq=False)
+class _Job(Generic[T]):
+    """One call waiting for, or running in, a worker thread."""
+
+    func: Callable[..., T]
+    args: tuple[object, ...]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[T]
+    state: int = field(default=_QUEUED)
+
+
 class CpuGate:
-    """At most ``slots`` calls run at once in worker threads; waiters are served by ticket.
+    """At most ``slots`` calls run at once, in the gate's worker threads; queued calls are
+    served by ticket, smallest first.
 
     ``ticket()`` when a series starts; ``await run(ticket, func, *args)`` for each piece of its
-    CPU work. Cancellation while waiting gives nothing up: a slot handed over at that moment is
-    passed on to the next waiter.
+    CPU work. A call cancelled while queued never runs; one cancelled while running is waited
+    for (its series' files must not change under the clean-up that follows). Use as
+    ``with CpuGate(n) as gate:``; leaving stops the threads.
     """
 
     def __init__(self, slots: int) -> None:
         if slots < 1:
             raise ValueError(f"a CpuGate needs at least one slot, got {slots}")
-        self._free = slots
-        self._waiting: list[tuple[int, int, anyio.Event]] = []
+        self._slots = slots
+        self._ready = threading.Condition()
+        self._queue: list[tuple[int, int, _Job[Any]]] = []
+        self._threads: list[threading.Thread] = []
+        self._closed = False
         self._tickets = itertools.count()
         self._order = itertools.count()
+
+    def __enter__(self) -> CpuGate:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def ticket(self) -> int:
         """A number for a series starting now: smaller numbers are served first."""
         return next(self._tickets)
 
     async def run(self, ticket: int, func: Callable[..., T], *args: object) -> T:
-        """``func(*args)`` in a worker thread once a slot is free and no older ticket waits."""
-        await self._acquire(ticket)
+        """``func(*args)`` in a worker thread once one is free and no smaller ticket waits."""
+        loop = asyncio.get_running_loop()
+        job: _Job[T] = _Job(func, args, loop, loop.create_future())
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("this CpuGate is closed")
+            heapq.heappush(self._queue, (ticket, next(self._order), job))
+            if len(self._threads) < self._slots:
+                self._start_thread()
+            self._ready.notify()
         try:
-            return await anyio.to_thread.run_sync(func, *args)
-        finally:
-            self._release()
-
-    async def _acquire(self, ticket: int) -> None:
-        if self._free:  # a free slot means nobody waits: slots go straight to waiters
-            self._free -= 1
-            return
-        waiter = (ticket, next(self._order), anyio.Event())
-        heapq.heappush(self._waiting, waiter)
-        try:
-            await waiter[2].wait()
+            return await asyncio.shield(job.done)
         except BaseException:
-            if waiter[2].is_set():
-                self._release()  # handed a slot while being cancelled
-            else:
-                self._waiting.remove(waiter)
-                heapq.heapify(self._waiting)
+            with self._ready:
+                if job.state == _QUEUED:
+                    job.state = _DROPPED
+                    raise
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([job.done])
             raise
 
-    def _release(self) -> None:
-        if self._waiting:
-            heapq.heappop(self._waiting)[2].set()  # the slot passes to the oldest waiter
-        else:
-            self._free += 1
+    def close(self) -> None:
+        """Stop the worker threads once the queue is empty (idempotent)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+            threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join()
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"bulkdl-cpu-{len(self._threads)}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    if self._closed:
+                        return
+                    self._ready.wait()
+                job = heapq.heappop(self._queue)[2]
+                if job.state == _DROPPED:
+                    continue
+                job.state = _RUNNING
+            try:
+                result = job.func(*job.args)
+            except BaseException as exc:
+                _settle(job, None, exc)
+            else:
+                _settle(job, result, None)
+
+
+def _settle(job: _Job[Any], result: object, exc: BaseException | None) -> None:
+    """Hand a finished call's outcome to its event loop (gone: nobody is waiting)."""
+
+    def deliver() -> None:
+        if not job.done.done():
+            if exc is not None:
+                job.done.set_exception(exc)
+            else:
+                job.done.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed
+        job.loop.call_soon_threadsafe(deliver)
