@@ -165,7 +165,7 @@ async def test_open_image_streams_the_zip(nbia_server: FakeNbiaServer) -> None:
         async with client.open_image(uid, new_file_names=True) as resp:
             assert resp.status == 200
             assert uid in resp.headers["Content-Disposition"]
-            body = b"".join([c async for c in resp.chunks(4096)])
+            body = b"".join([c async for c in resp.chunks()])
         async with client.open_image_with_md5(uid) as resp:
             body2 = b"".join([c async for c in resp.chunks()])
     assert body.startswith(b"PK\x03\x04") and body2.startswith(b"PK\x03\x04")
@@ -395,7 +395,7 @@ async def test_stalled_zip_times_out_quickly(nbia_server: FakeNbiaServer) -> Non
     async with open_client(nbia_server.v4_url, settings=settings) as client:
         with pytest.raises(TransientError, match="timed out"):
             async with client.open_image(uid) as resp:
-                async for _ in resp.chunks(16):
+                async for _ in resp.chunks():
                     pass
     assert time.monotonic() - started < 5
 
@@ -420,7 +420,7 @@ async def test_reset_mid_zip_is_transient(nbia_server: FakeNbiaServer) -> None:
     async with open_client(nbia_server.v4_url) as client:
         with pytest.raises(TransientError):
             async with client.open_image(uid) as resp:
-                async for _ in resp.chunks(1024):
+                async for _ in resp.chunks():
                     pass
 
 

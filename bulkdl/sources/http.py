@@ -283,15 +283,18 @@ class StreamResponse:
         """The response headers (case-insensitive)."""
         return self._resp.headers
 
-    async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
-        """The body in pieces of at most ``size`` bytes.
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: what aiohttp holds at each read (a few hundred KiB at most:
+        it stops reading the socket past its buffer's high-water mark). Asking for a size would
+        make aiohttp join its pieces into one more copy of every byte (loopback benchmark,
+        2026-12-06: 2.243 s against 2.287 s, faster in 9 of 12 interleaved rounds).
 
         Raises :class:`TransientError` on a stall longer than the read timeout, a reset, or a
         body cut short (chunked stream not terminated, Content-Length not reached).
         """
         while True:
             try:
-                chunk = await self._resp.content.read(size)
+                chunk = await self._resp.content.readany()
             except _NETWORK_ERRORS as exc:
                 raise translate(exc, self.url) from exc
             if not chunk:
