@@ -1,6 +1,6 @@
 """CPU work of many series in flight, on the gate's own worker threads, the oldest series first.
 
-Every series in flight hands its body to worker threads in ~1 MiB batches (inflate, hash, write).
+Every series in flight hands its body to worker threads in ~4 MiB batches (inflate, hash, write).
 On a fast link there are more batches than cores, and a fair queue serves the series in turn, so
 all of them finish together at the very end and their placing (links, ledger) runs alone, with
 the cores idle. :class:`CpuGate` serves the waiting batch of the oldest series instead: series
