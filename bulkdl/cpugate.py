@@ -11,9 +11,9 @@ one is waiting. On a slow link nobody waits and the order does not matter.
 The gate keeps its own worker threads, each taking the next batch from the queue as soon as it
 finishes one: the event loop is told of each result, but no core waits for it to hand out the
 next batch, as it did when every batch went to a thread pool through the event loop. There is
-one more thread than there are cores (:func:`default_slots`), because some of each thread's work
-waits for the GIL while the event loop reads sockets. Both measured on the loopback benchmark
-(``benchmarks/DECISIONS.md``, "How many batches unpack at once?").
+one thread per core (:func:`default_slots`): with that gap gone, a thread more than the cores no
+longer pays. Both measured on the loopback benchmark (``benchmarks/DECISIONS.md``, "How many
+batches unpack at once?").
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ _QUEUED, _RUNNING, _DROPPED = range(3)
 
 
 def default_slots() -> int:
-    """One more worker thread than there are cores (at least 2 cores are assumed)."""
-    return max(2, os.cpu_count() or 2) + 1
+    """One worker thread per core (at least 2)."""
+    return max(2, os.cpu_count() or 2)
 
 
 @dataclass(eq=False)
