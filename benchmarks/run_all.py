@@ -75,8 +75,7 @@ def filesystem_of(path: Path) -> str:
         for line in Path("/proc/mounts").read_text().splitlines():
             fields = line.split()
             mount = fields[1]
-            inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
-            if inside and len(mount) > len(best):
+            if path.is_relative_to(mount) and len(mount) > len(best):
                 best, kind = mount, fields[2]
     return kind
 

@@ -19,37 +19,23 @@ batches unpack at once?").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
 T = TypeVar("T")
 
-_QUEUED, _RUNNING, _DROPPED = range(3)
-
 
 def default_slots() -> int:
     """One worker thread per core (at least 2)."""
     return max(2, os.cpu_count() or 2)
-
-
-@dataclass(eq=False)
-class _Job(Generic[T]):
-    """One call waiting for, or running in, a worker thread."""
-
-    func: Callable[..., T]
-    args: tuple[object, ...]
-    loop: asyncio.AbstractEventLoop
-    done: asyncio.Future[T]
-    state: int = field(default=_QUEUED)
 
 
 class CpuGate:
@@ -67,7 +53,7 @@ class CpuGate:
             raise ValueError(f"a CpuGate needs at least one slot, got {slots}")
         self._slots = slots
         self._ready = threading.Condition()
-        self._queue: list[tuple[int, int, _Job[Any]]] = []
+        self._queue: list[tuple[int, int, Future[Any], Callable[..., Any], tuple[object, ...]]] = []
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._tickets = itertools.count()
@@ -87,24 +73,22 @@ class CpuGate:
 
     async def run(self, ticket: int, func: Callable[..., T], *args: object) -> T:
         """``func(*args)`` in a worker thread once one is free and no smaller ticket waits."""
-        loop = asyncio.get_running_loop()
-        job: _Job[T] = _Job(func, args, loop, loop.create_future())
+        job: Future[T] = Future()
         with self._ready:
             if self._closed:
                 raise RuntimeError("this CpuGate is closed")
-            heapq.heappush(self._queue, (ticket, next(self._order), job))
+            heapq.heappush(self._queue, (ticket, next(self._order), job, func, args))
             if len(self._threads) < self._slots:
                 self._start_thread()
             self._ready.notify()
+        done = asyncio.wrap_future(job)
         try:
-            return await asyncio.shield(job.done)
+            return await asyncio.shield(done)
         except BaseException:
-            with self._ready:
-                if job.state == _QUEUED:
-                    job.state = _DROPPED
-                    raise
+            if job.cancel():  # still queued: it never runs
+                raise
             with anyio.CancelScope(shield=True):
-                await asyncio.wait([job.done])
+                await asyncio.wait([done])
             raise
 
     def close(self) -> None:
@@ -130,27 +114,10 @@ class CpuGate:
                     if self._closed:
                         return
                     self._ready.wait()
-                job = heapq.heappop(self._queue)[2]
-                if job.state == _DROPPED:
-                    continue
-                job.state = _RUNNING
+                _, _, job, func, args = heapq.heappop(self._queue)
+            if not job.set_running_or_notify_cancel():
+                continue  # cancelled while queued
             try:
-                result = job.func(*job.args)
+                job.set_result(func(*args))
             except BaseException as exc:
-                _settle(job, None, exc)
-            else:
-                _settle(job, result, None)
-
-
-def _settle(job: _Job[Any], result: object, exc: BaseException | None) -> None:
-    """Hand a finished call's outcome to its event loop (gone: nobody is waiting)."""
-
-    def deliver() -> None:
-        if not job.done.done():
-            if exc is not None:
-                job.done.set_exception(exc)
-            else:
-                job.done.set_result(result)
-
-    with contextlib.suppress(RuntimeError):  # the loop has closed
-        job.loop.call_soon_threadsafe(deliver)
+                job.set_exception(exc)
