@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -199,7 +199,7 @@ def repeat(
 
 
 def interleaved(
-    runs: int, out: Path, commands: dict[str, Sequence[str]], **kw: object
+    runs: int, out: Path, commands: Mapping[str, Sequence[str]], **kw: object
 ) -> dict[str, list[Measure]]:
     """``runs`` rounds in which every command runs once, in turn, into ``out`` emptied first: a
     shared machine's slow minutes then fall on every contender alike, not on whichever ran
