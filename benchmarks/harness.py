@@ -10,6 +10,7 @@ from its on-disk cache and every contender sees the same, warm server.
 from __future__ import annotations
 
 import compileall
+import itertools
 import os
 import shutil
 import signal
@@ -91,6 +92,7 @@ class Context:
     others_python: str | None
     quiet: bool = False
     zip_bytes: dict[str, int] = field(default_factory=dict)
+    _manifests: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
     def echo(self, row: object) -> None:
         """Show a result as soon as it is measured."""
@@ -107,12 +109,13 @@ class Context:
         """A warm fake server for ``serve-fake ARGS``, a manifest of all its series, the UIDs.
 
         The ZIPs are built and cached by an unthrottled server first; ``network`` options (a
-        bandwidth cap, a first-byte delay) apply only to the server handed out.
+        bandwidth cap, a first-byte delay) apply only to the server handed out. Each server's
+        manifest has a file of its own, so several servers can be open at once.
         """
         with fake_server(*args, cache=self.cache) as server:
             uids = series_uids(server)
             self.zip_bytes = warm(server, uids, variants)
-        manifest = self.work / "m.tcia"
+        manifest = self.work / f"m{next(self._manifests)}.tcia"
         manifest.write_text("ListOfSeriesToDownload=\n" + "\n".join(uids) + "\n")
         with fake_server(*args, *network, cache=self.cache) as server:
             yield server, manifest, uids

@@ -41,9 +41,7 @@ def run(ctx: Context, series: int = 32, images: int = 60) -> Section:
         for name, (count, per) in shapes.items():
             spec = ["--patients", str(count), "--series", "1", "--images", str(per)]
             server, manifest, _ = servers.enter_context(ctx.server(*spec))
-            # Every server's manifest is written to the same path: keep each under its own.
-            own = manifest.rename(manifest.with_name(f"scaling-{count}x{per}.tcia"))
-            commands[name] = bulkdl_download(own, out, server.v4_url)
+            commands[name] = bulkdl_download(manifest, out, server.v4_url)
         runs = interleaved(ctx.runs, out, commands, cwd=ctx.work)
     walls = {name: median([r.wall for r in runs[name]]) for name in shapes}
     cpus = {name: median([r.cpu for r in runs[name]]) for name in shapes}
