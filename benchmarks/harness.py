@@ -2,9 +2,12 @@
 
 The server runs as ``bulkdl serve-fake`` in a separate process so its CPU never counts against a
 client; every contender runs as a child process and is measured with ``os.wait4``: wall time,
-CPU seconds (user + system, its children included) and peak RSS (the largest of it and its
-children). Each ZIP the contenders will ask for is requested once first, so the server answers
-from its on-disk cache and every contender sees the same, warm server.
+CPU seconds (user + system, its children included) and peak memory: the larger of the peak RSS
+of its biggest process (``wait4``) and the peak total PSS of its whole process tree, sampled
+every 50 ms from ``/proc`` (PSS shares each page among the processes mapping it, so a forked
+worker's pages shared with its parent count once; for one process it is about its RSS). Each
+ZIP the contenders will ask for is requested once first, so the server answers from its on-disk
+cache and every contender sees the same, warm server.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -174,12 +178,16 @@ def measure(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    memory = _TreeMemory(process.pid)
+    memory.start()
     try:
         _, status, usage = os.wait4(process.pid, 0)
     except BaseException:
         # An interrupted benchmark must not leave its contender (and its children) running.
         os.killpg(process.pid, signal.SIGKILL)
         raise
+    finally:
+        memory.stop()
     wall = time.monotonic() - started
     code = os.waitstatus_to_exitcode(status)
     process.returncode = code
@@ -187,7 +195,52 @@ def measure(
         sys.stderr.write(process.stderr.read().decode(errors="replace")[-2000:])
     if process.stderr is not None:
         process.stderr.close()
-    return Measure(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, code)
+    peak = max(usage.ru_maxrss / 1024, memory.peak_mb)
+    return Measure(wall, usage.ru_utime + usage.ru_stime, peak, code)
+
+
+class _TreeMemory(threading.Thread):
+    """The peak total PSS (MB) of process ``pid`` and its descendants, sampled every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(name="tree-memory", daemon=True)
+        self.pid = pid
+        self.peak_mb = 0.0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.05):
+            total_kb = sum(_pss_kb(p) for p in _descendants(self.pid))
+            self.peak_mb = max(self.peak_mb, total_kb / 1024)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process under it (children of any of their threads)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in children.read_text().split()]
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+    return found
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass  # gone meanwhile, or a zombie
+    return 0
 
 
 def repeat(

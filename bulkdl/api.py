@@ -29,6 +29,15 @@ from bulkdl.audit import tree_records
 from bulkdl.config import Settings, load_settings
 from bulkdl.cpugate import CpuGate, default_slots
 from bulkdl.errors import InputError
+from bulkdl.fetchpool import (
+    FetchPool,
+    Started,
+    WorkerSpec,
+    can_fork,
+    fork_workers,
+    stop_started,
+    worker_slots,
+)
 from bulkdl.lockdiff import compare_series
 from bulkdl.lockfile import (
     Lock,
@@ -49,6 +58,7 @@ from bulkdl.sources.locked import LockedSource
 from bulkdl.sources.nbia import SeriesQuery, api_version, resolve_base_url
 from bulkdl.sources.nbia_client import open_client
 from bulkdl.sources.nbia_source import NbiaSource
+from bulkdl.sources.pooled import PooledSource
 from bulkdl.sources.sharded import ShardedSource
 
 log = logging.getLogger(__name__)
@@ -104,8 +114,10 @@ async def run_download(
     *,
     handle_signals: bool = False,
     interactive: bool = False,
+    workers: Sequence[Started] = (),
 ) -> RunResult:
-    """Download ``selection`` from the NBIA API named by ``settings`` into ``settings.out``.
+    """Download ``selection`` from the NBIA API named by ``settings`` into ``settings.out``;
+    ``workers`` are fetch workers forked already (:func:`fork_for`), which this run takes over.
 
     TLS follows ``settings.insecure`` and ``settings.ca_bundle``; warning about ``insecure`` is
     the caller's job (the CLI prints it, :func:`adownload` logs it). Raises InputError,
@@ -114,15 +126,18 @@ async def run_download(
     """
     if settings.out is None:
         raise InputError("no output folder: give --out DIR")
-    async with open_source(settings, interactive=interactive) as (nbia, base_url):
+    async with (
+        open_source(settings, interactive=interactive) as (nbia, base_url),
+        fetching_source(settings, nbia, base_url, started=workers) as fetcher,
+    ):
         pinned = selection.pinned
-        source: Source = nbia
+        source: Source = fetcher
         if pinned is not None:
             if pinned.source and pinned.source != public_url(base_url):
                 log.warning(
                     "the lock was made against %s; downloading from %s", pinned.source, base_url
                 )
-            source = LockedSource(nbia, pinned)
+            source = LockedSource(source, pinned)
         if selection.shard is not None:
             source = ShardedSource(source, selection.shard)
         result = await run_pipeline(
@@ -140,19 +155,70 @@ async def open_source(
     """The NBIA source ``settings`` name (API URL, TLS, timeouts, token when the API needs one),
     open for the block, with its base URL. Raises InputError, AuthError."""
     base_url = resolve_base_url(settings.api_url)
-    needs_token = api_version(base_url) in {"v2", "unversioned"}
-    credentials = load_credentials(interactive=interactive) if needs_token else None
-    http = HttpSettings(
+    credentials = load_credentials(interactive=interactive) if _needs_token(base_url) else None
+    with CpuGate(default_slots()) as cpu:
+        async with open_client(
+            base_url, settings=http_settings(settings), credentials=credentials
+        ) as client:
+            client.metadata_batch = settings.metadata_batch
+            yield NbiaSource(client, new_file_names=settings.new_file_names, cpu=cpu), base_url
+
+
+def _needs_token(base_url: str) -> bool:
+    return api_version(base_url) in {"v2", "unversioned"}
+
+
+def http_settings(settings: Settings) -> HttpSettings:
+    """The HTTP side of ``settings``: timeouts, connections, TLS."""
+    return HttpSettings(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         limit_per_host=settings.limit_per_host,
         verify=not settings.insecure,
         ca_bundle=settings.ca_bundle,
     )
-    with CpuGate(default_slots()) as cpu:
-        async with open_client(base_url, settings=http, credentials=credentials) as client:
-            client.metadata_batch = settings.metadata_batch
-            yield NbiaSource(client, new_file_names=settings.new_file_names, cpu=cpu), base_url
+
+
+@asynccontextmanager
+async def fetching_source(
+    settings: Settings, nbia: NbiaSource, base_url: str, *, started: Sequence[Started] = ()
+) -> AsyncIterator[Source]:
+    """``nbia``, its fetches in worker processes when :func:`uses_workers` (``started`` ones
+    first, taken over)."""
+    if not uses_workers(settings, base_url):
+        stop_started(started)
+        yield nbia
+        return
+    spec = WorkerSpec(
+        base_url=base_url,
+        http=http_settings(settings),
+        new_file_names=settings.new_file_names,
+        slots=worker_slots(settings.processes),
+        log_level=logging.getLogger().getEffectiveLevel(),
+    )
+    async with FetchPool(spec, settings.processes, started=started) as pool:
+        yield PooledSource(nbia, pool)
+
+
+def uses_workers(settings: Settings, base_url: str) -> bool:
+    """Whether a run fetches in ``settings.processes`` worker processes: when more than one,
+    but not for a dry run (nothing is fetched) nor for an API that needs a token (the workers
+    are given no credentials; those runs fetch in this process)."""
+    if settings.processes < 2 or settings.dry_run:
+        return False
+    if _needs_token(base_url):
+        log.info("fetching in one process: %s needs a token, which workers are not given", base_url)
+        return False
+    return True
+
+
+def fork_for(settings: Settings) -> list[Started]:
+    """The worker processes a run of ``settings`` will use, forked now, when this process can
+    (:func:`~bulkdl.fetchpool.can_fork`: the command line, before its event loop starts); none
+    otherwise, and the run starts them itself. Raises InputError for a bad API URL."""
+    if not can_fork() or not uses_workers(settings, resolve_base_url(settings.api_url)):
+        return []
+    return fork_workers(settings.processes)
 
 
 def check_kept(result: RunResult, lock: Lock) -> RunResult:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import anyio
 
@@ -36,6 +36,11 @@ from bulkdl.sources.auth import load_credentials
 from bulkdl.sources.http import HttpSettings
 from bulkdl.sources.nbia import PRESETS, SeriesQuery, api_version, resolve_base_url
 from bulkdl.sources.nbia_client import open_client
+
+if TYPE_CHECKING:
+    from bulkdl.config import Settings
+    from bulkdl.fetchpool import Started
+    from bulkdl.pipeline import Selection
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +152,12 @@ def add_tuning(group: argparse._ArgumentGroup) -> None:
     shared by ``download`` and the tasks ``slurm`` writes."""
     group.add_argument("--config", type=Path, metavar="FILE", help="TOML settings")
     group.add_argument("--concurrency", type=int, metavar="N", help="series in flight at once")
+    group.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="processes fetching and unpacking the series in flight (env BULKDL_PROCESSES)",
+    )
     group.add_argument("--layout", metavar="TEMPLATE", help="path template or preset name")
     group.add_argument("--retries", type=int, metavar="N", help="further attempts per series")
     group.add_argument(
@@ -410,6 +421,7 @@ _SETTING_FLAGS = (
     "out",
     "api_url",
     "concurrency",
+    "processes",
     "layout",
     "retries",
     "read_timeout",
@@ -433,22 +445,37 @@ def setting_flags(args: argparse.Namespace) -> dict[str, object | None]:
     return {name: getattr(args, name) for name in _SETTING_FLAGS}
 
 
-async def _download(args: argparse.Namespace) -> int:
-    from bulkdl.api import run_download, selection_of
+def _download(args: argparse.Namespace) -> int:
+    from bulkdl.api import fork_for, selection_of
     from bulkdl.config import load_settings
-    from bulkdl.progress import make_reporter, summary_text
+    from bulkdl.fetchpool import stop_started
 
     settings = load_settings(flags=setting_flags(args), config_file=args.config, env=os.environ)
     selection = selection_of(args.inputs, filters_of(args))
     if args.shard is not None:
         selection = replace(selection, shard=parse_shard(args.shard, os.environ))
+    # The inputs are good: the fetch workers are forked now, while this process has one thread
+    # and no event loop, so they are ready at once.
+    workers = fork_for(settings)
+    try:
+        return anyio.run(_run_download, settings, selection, workers)
+    finally:
+        stop_started(workers)
+
+
+async def _run_download(
+    settings: Settings, selection: Selection, workers: Sequence[Started]
+) -> int:
+    from bulkdl.api import run_download
+    from bulkdl.progress import make_reporter, summary_text
+
     if settings.insecure:
         print(INSECURE_WARNING, file=sys.stderr)
     with make_reporter(
         json=settings.json, progress=settings.progress, stream=sys.stdout, err=sys.stderr
     ) as reporter:
         result = await run_download(
-            settings, selection, reporter, handle_signals=True, interactive=True
+            settings, selection, reporter, handle_signals=True, interactive=True, workers=workers
         )
     if settings.dry_run:
         _print_plan(result.planned, result.count("skipped"))
@@ -611,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve-fake":
             return _serve(args)
         if args.command == "download":
-            return anyio.run(_download, args)
+            return _download(args)
         if args.command == "status":
             return _status(args)
         if args.command in ("lock", "verify", "diff", "build"):

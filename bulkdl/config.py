@@ -27,10 +27,17 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import SplitResult, urlsplit
 
+from bulkdl.cpugate import usable_cores
 from bulkdl.errors import InputError
 from bulkdl.sources.nbia import PRESETS
 
 DEFAULT_CONCURRENCY: Final = 16
+#: Processes fetching and unpacking series (:mod:`bulkdl.fetchpool`); 0: one per usable core,
+#: at most AUTO_PROCESSES_MAX and ``concurrency``; 1: this process alone.
+DEFAULT_PROCESSES: Final = 0
+#: The most processes chosen by default: each costs ~45 MB, and a few already keep up with any
+#: link to a remote archive.
+AUTO_PROCESSES_MAX: Final = 4
 #: Connections to one host beyond ``concurrency``: each series in flight holds one connection
 #: for its whole body, so metadata calls (sizes, headers) get two of their own instead of queueing
 #: behind hour-long downloads. A fixed cap (say 8) would silently undo ``concurrency = 32``.
@@ -54,6 +61,7 @@ class Settings:
     api_url: str | None = None
     out: Path | None = None
     concurrency: int = DEFAULT_CONCURRENCY
+    processes: int = DEFAULT_PROCESSES
     layout: str = "default"
     retries: int = 4
     connect_timeout: float = 30.0
@@ -74,11 +82,14 @@ class Settings:
     def __post_init__(self) -> None:
         for name in SETTING_NAMES:
             _check(name, getattr(self, name), "settings", name)
+        # Frozen: the derived defaults are written once, here, before anyone can read them.
         if self.limit_per_host == 0:
-            # Frozen: the derived default is written once, here, before anyone can read it.
             object.__setattr__(
                 self, "limit_per_host", self.concurrency + EXTRA_CONNECTIONS_PER_HOST
             )
+        if self.processes == 0:
+            auto = min(usable_cores(), AUTO_PROCESSES_MAX, self.concurrency)
+            object.__setattr__(self, "processes", auto)
 
     def public(self) -> dict[str, object]:
         """The settings as a JSON-able dict (paths as strings), for the ledger's run record."""
@@ -96,6 +107,7 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "BULKDL_API_URL": "api_url",
     "BULKDL_OUT": "out",
     "BULKDL_CONCURRENCY": "concurrency",
+    "BULKDL_PROCESSES": "processes",
     "BULKDL_LAYOUT": "layout",
     "BULKDL_RETRIES": "retries",
     "BULKDL_CONNECT_TIMEOUT": "connect_timeout",
@@ -131,6 +143,7 @@ CREDENTIALS_HINT: Final = (
 
 _INT_RANGES: Final[Mapping[str, tuple[int, int]]] = {
     "concurrency": (1, 256),
+    "processes": (0, 64),
     "retries": (0, 100),
     "metadata_batch": (1, 10_000),  # TCIA's own tools send up to 10,000 per call
     "limit_per_host": (0, 1024),

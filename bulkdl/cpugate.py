@@ -12,7 +12,8 @@ The gate keeps its own worker threads, each taking the next batch from the queue
 finishes one: the event loop is told of each result, but no core waits for it to hand out the
 next batch, as it did when every batch went to a thread pool through the event loop. There is
 one thread per core (:func:`default_slots`): with that gap gone, a thread more than the cores no
-longer pays. Both measured on the loopback benchmark (``benchmarks/DECISIONS.md``, "How many
+longer pays. A fetch worker process (:mod:`bulkdl.fetchpool`) has a gate of its own, with its
+share of the cores. Both measured on the loopback benchmark (``benchmarks/DECISIONS.md``, "How many
 batches unpack at once?").
 """
 
@@ -33,9 +34,17 @@ import anyio
 T = TypeVar("T")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a Slurm task's allocation, not the node's), >= 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity call on this platform (macOS)
+        return os.cpu_count() or 1
+
+
 def default_slots() -> int:
-    """One worker thread per core (at least 2)."""
-    return max(2, os.cpu_count() or 2)
+    """One worker thread per usable core (at least 2)."""
+    return max(2, usable_cores())
 
 
 class CpuGate:

@@ -45,6 +45,20 @@ class BulkdlError(Exception):
 
     exit_code: ExitCode = ExitCode.ABORTED
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled with its attributes (``series_uid``, ``url``, ``retry_after``...), which the
+        default ``cls(*args)`` would drop: errors come back from fetch worker processes."""
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(
+    cls: type[BulkdlError], args: tuple[object, ...], state: dict[str, object]
+) -> BulkdlError:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
 
 class InputError(BulkdlError):
     """The user's input (argument, manifest, config) is wrong; nothing was fetched for it."""
