@@ -8,9 +8,9 @@ collection, patient, modality and the like. NBIA's REST API is the first source
 async layer, :mod:`bulkdl.sources.http` the only module that imports aiohttp,
 :mod:`bulkdl.sources.nbia_source` the seam's implementation;
 :mod:`bulkdl.sources.pooled` runs any source's fetches in worker processes); DICOMweb servers
-and IDC's public buckets follow behind the same protocol. To *fetch* a series, a source writes its files into a
-work folder it is given, in whatever transport it speaks (NBIA's ZIP, DICOMweb's multipart, one
-object per instance), and returns a :class:`~bulkdl.records.FetchedSeries`: the staged files
+and IDC's public buckets follow behind the same protocol. To *fetch* a series, a source writes
+its files into a work folder it is given, in whatever transport it speaks (NBIA's ZIP,
+DICOMweb's multipart, one object per instance), and returns a :class:`~bulkdl.records.FetchedSeries`: the staged files
 with their MD5 and header, and what the source declared of them. Verification, organizing and
 the ledger never see the transport. No I/O in this module.
 """
