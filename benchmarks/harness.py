@@ -224,9 +224,13 @@ def _descendants(pid: int) -> list[int]:
     while todo:
         current = todo.pop()
         found.append(current)
-        for children in Path(f"/proc/{current}/task").glob("*/children"):
+        try:
+            threads = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue  # gone meanwhile
+        for thread in threads:
             try:
-                todo += [int(c) for c in children.read_text().split()]
+                todo += [int(c) for c in (thread / "children").read_text().split()]
             except (OSError, ValueError):
                 continue  # gone meanwhile
     return found

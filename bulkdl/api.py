@@ -186,6 +186,8 @@ async def fetching_source(
     """``nbia``, its fetches in worker processes when :func:`uses_workers` (``started`` ones
     first, taken over)."""
     if not uses_workers(settings, base_url):
+        if settings.processes > 1 and _needs_token(base_url):
+            log.info("fetching in this process: the API needs a token, which workers are not given")
         stop_started(started)
         yield nbia
         return
@@ -201,15 +203,16 @@ async def fetching_source(
 
 
 def uses_workers(settings: Settings, base_url: str) -> bool:
-    """Whether a run fetches in ``settings.processes`` worker processes: when more than one,
-    but not for a dry run (nothing is fetched) nor for an API that needs a token (the workers
-    are given no credentials; those runs fetch in this process)."""
-    if settings.processes < 2 or settings.dry_run:
-        return False
-    if _needs_token(base_url):
-        log.info("fetching in one process: %s needs a token, which workers are not given", base_url)
-        return False
-    return True
+    """Whether a run fetches in ``settings.processes`` worker processes: when more than one, on
+    POSIX (workers inherit their socket by descriptor), but not for a dry run (nothing is
+    fetched) nor for an API that needs a token (the workers are given no credentials; those runs
+    fetch in this process)."""
+    return (
+        settings.processes > 1
+        and not settings.dry_run
+        and os.name == "posix"
+        and not _needs_token(base_url)
+    )
 
 
 def fork_for(settings: Settings) -> list[Started]:
