@@ -38,7 +38,8 @@ FILES = 800
 
 
 def build(ctx: Context, files: int) -> tuple[Path, list[Path]]:
-    """The source folder (the archive's files/, one folder per series) and its files."""
+    """The source folder (a copy of the archive's files/, one folder per series, in the work
+    folder: hard links cannot reach a cache on another filesystem) and its files."""
     spec = ArchiveSpec(
         patients_per_collection=files // 100,
         studies_per_patient=1,
@@ -50,8 +51,9 @@ def build(ctx: Context, files: int) -> tuple[Path, list[Path]]:
     )
     archive = FakeArchive.build(spec, ctx.cache)
     assert archive.root is not None
-    paths = [archive.file_path(i) for s in archive.series for i in s.instances]
-    return archive.root / "files", paths
+    source = ctx.work / "source"
+    shutil.copytree(archive.root / "files", source)
+    return source, sorted(p for p in source.rglob("*") if p.is_file())
 
 
 def timed(runs: int, call: Callable[[], object]) -> float:

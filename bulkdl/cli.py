@@ -451,13 +451,14 @@ def _download(args: argparse.Namespace) -> int:
     from bulkdl.fetchpool import stop_started
 
     settings = load_settings(flags=setting_flags(args), config_file=args.config, env=os.environ)
-    selection = selection_of(args.inputs, filters_of(args))
-    if args.shard is not None:
-        selection = replace(selection, shard=parse_shard(args.shard, os.environ))
-    # The inputs are good: the fetch workers are forked now, while this process has one thread
-    # and no event loop, so they are ready at once.
+    # The fetch workers are forked now, while this process has one thread and no event loop, so
+    # they are ready at once; and before the manifest is read, whose pages this process would
+    # otherwise copy for itself as it goes through them, leaving the originals to the workers.
     workers = fork_for(settings)
     try:
+        selection = selection_of(args.inputs, filters_of(args))
+        if args.shard is not None:
+            selection = replace(selection, shard=parse_shard(args.shard, os.environ))
         return anyio.run(_run_download, settings, selection, workers)
     finally:
         stop_started(workers)
