@@ -150,33 +150,28 @@ async def run_download(
 
 @asynccontextmanager
 async def open_source(
-    settings: Settings, *, interactive: bool = False
+    settings: Settings, *, interactive: bool = False, slots: int | None = None
 ) -> AsyncIterator[tuple[NbiaSource, str]]:
     """The NBIA source ``settings`` name (API URL, TLS, timeouts, token when the API needs one),
-    open for the block, with its base URL. Raises InputError, AuthError."""
+    open for the block, with its base URL; it unpacks on ``slots`` threads (default: one per
+    core). Raises InputError, AuthError."""
     base_url = resolve_base_url(settings.api_url)
     credentials = load_credentials(interactive=interactive) if _needs_token(base_url) else None
-    with CpuGate(default_slots()) as cpu:
-        async with open_client(
-            base_url, settings=http_settings(settings), credentials=credentials
-        ) as client:
-            client.metadata_batch = settings.metadata_batch
-            yield NbiaSource(client, new_file_names=settings.new_file_names, cpu=cpu), base_url
-
-
-def _needs_token(base_url: str) -> bool:
-    return api_version(base_url) in {"v2", "unversioned"}
-
-
-def http_settings(settings: Settings) -> HttpSettings:
-    """The HTTP side of ``settings``: timeouts, connections, TLS."""
-    return HttpSettings(
+    http = HttpSettings(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         limit_per_host=settings.limit_per_host,
         verify=not settings.insecure,
         ca_bundle=settings.ca_bundle,
     )
+    with CpuGate(slots or default_slots()) as cpu:
+        async with open_client(base_url, settings=http, credentials=credentials) as client:
+            client.metadata_batch = settings.metadata_batch
+            yield NbiaSource(client, new_file_names=settings.new_file_names, cpu=cpu), base_url
+
+
+def _needs_token(base_url: str) -> bool:
+    return api_version(base_url) in {"v2", "unversioned"}
 
 
 @asynccontextmanager
@@ -192,9 +187,7 @@ async def fetching_source(
         yield nbia
         return
     spec = WorkerSpec(
-        base_url=base_url,
-        http=http_settings(settings),
-        new_file_names=settings.new_file_names,
+        settings=settings,
         slots=worker_slots(settings.processes),
         log_level=logging.getLogger().getEffectiveLevel(),
     )

@@ -8,7 +8,7 @@ cores, two processes of 6 series each took 2.19-2.29 s where one process of 12 t
 workers (:mod:`bulkdl.fetchworker`), each given one end of a socket pair, and hands each
 series' fetch to the worker with the fewest in flight. A worker is forked by :func:`fork_workers`
 when the command line starts (single-threaded, every module already imported: it is ready at
-once), or else started as ``python -m bulkdl.fetchworker FD`` (~0.24 s of imports). The parent
+once), or else started as ``python -m bulkdl.fetchworker FD`` (~0.3 s of imports). The parent
 keeps resolving, verifying, placing and the ledger; a worker fetches into the staging folder it
 is given and sends back the :class:`~bulkdl.records.FetchedSeries` (names, sizes, hashes,
 headers: a few hundred bytes a file), never the bytes. Messages are length-prefixed pickles
@@ -34,18 +34,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final, NoReturn, Protocol
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 import anyio
 
 from bulkdl.cpugate import usable_cores
 from bulkdl.errors import AbortError, TransientError
 from bulkdl.records import FetchedSeries, Series
-from bulkdl.sources.http import HttpSettings
+from bulkdl.unpack import Inspect
+
+if TYPE_CHECKING:
+    from bulkdl.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +58,14 @@ MAX_FRAME: Final = 1 << 30
 #: Seconds a worker gets to exit after being told to stop, before it is killed.
 STOP_GRACE: Final = 10.0
 
-Inspect = Callable[[Path], Mapping[str, str] | None]
-
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """What a worker needs to fetch like the parent would: the API, its HTTP settings (no
+    """What a worker needs to open the run's source as the run does: its settings (no
     credentials: a pool is only used for APIs that need no token), how many unpacking threads,
     and the lowest log level the parent shows."""
 
-    base_url: str
-    http: HttpSettings
-    new_file_names: bool
+    settings: Settings
     slots: int
     log_level: int
 
@@ -162,27 +161,24 @@ class Started:
 
 
 class _Forked:
-    """A child made by ``os.fork``, with the part of Popen's interface the pool uses; safe to
-    wait for from several threads at once (the pool's reader and its closing both do)."""
+    """A child made by ``os.fork``, with the part of Popen's interface the pool uses (waited for
+    by one thread at a time: a worker's reader, or :func:`stop_started` for one no pool took)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._status: int | None = None
-        self._lock = threading.Lock()
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if self._status is None:
-                    pid, status = os.waitpid(self.pid, os.WNOHANG)
-                    if pid:
-                        self._status = os.waitstatus_to_exitcode(status)
-                if self._status is not None:
-                    return self._status
-            if deadline is not None and time.monotonic() >= deadline:
+        while self._status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)  # waitpid itself has no timeout
+            if pid:
+                self._status = os.waitstatus_to_exitcode(status)
+            elif deadline is not None and time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(f"fetch worker {self.pid}", timeout or 0)
-            time.sleep(0.01)
+            else:
+                time.sleep(0.01)
+        return self._status
 
     def kill(self) -> None:
         if self._status is None:
@@ -326,17 +322,17 @@ class FetchPool:
             raise
 
     async def aclose(self) -> None:
-        """Tell the workers to stop and wait for them (killing one that does not exit)."""
+        """Tell the workers to stop and wait for them: each one's reader sees its socket close
+        and reaps it (killing one that does not exit)."""
         workers, self._workers = self._workers, []
         for worker in workers:
             if worker.alive:
                 worker.writer.write(encode(Stop()))
             worker.writer.close()
-        with anyio.CancelScope(shield=True):
-            for worker in workers:
-                await anyio.to_thread.run_sync(_reap, worker.process)
-                if worker.reading is not None:
-                    await asyncio.wait([worker.reading])
+        readers = [w.reading for w in workers if w.reading is not None]
+        if readers:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait(readers)
 
     async def _spawn(self) -> Started:
         ours, theirs = socket.socketpair()

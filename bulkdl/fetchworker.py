@@ -2,7 +2,8 @@
 
 FD is the worker's end of a socket pair with its parent (:mod:`bulkdl.fetchpool`). The first
 message is the :class:`~bulkdl.fetchpool.WorkerSpec`; the worker then opens an NBIA source of its
-own (its HTTP session, its :class:`~bulkdl.cpugate.CpuGate` of ``spec.slots`` threads) and runs
+own with the run's settings (:func:`bulkdl.api.open_source`: its HTTP session, its
+:class:`~bulkdl.cpugate.CpuGate` of ``spec.slots`` threads) and runs
 each :class:`~bulkdl.fetchpool.Fetch` as a task, reporting received bytes (in 1 MiB steps), log
 records at the parent's level, and the result or the error. A
 :class:`~bulkdl.fetchpool.Cancel` cancels its job (the fetch removes what it wrote before the
@@ -26,7 +27,7 @@ from typing import NoReturn
 
 import anyio
 
-from bulkdl.cpugate import CpuGate
+from bulkdl.api import open_source
 from bulkdl.fetchpool import (
     Cancel,
     Done,
@@ -38,7 +39,6 @@ from bulkdl.fetchpool import (
     encode,
     read_frame,
 )
-from bulkdl.sources.nbia_client import open_client
 from bulkdl.sources.nbia_source import NbiaSource
 
 #: Received bytes are reported in steps of this many (the parent's progress, not each read).
@@ -117,24 +117,24 @@ async def _serve(fd: int) -> None:
     root.setLevel(spec.log_level)
     root.addHandler(_ToParent(writer, spec.log_level))
     scopes: dict[int, anyio.CancelScope] = {}
-    with CpuGate(spec.slots) as cpu:
-        async with open_client(spec.base_url, settings=spec.http) as client:
-            source = NbiaSource(client, new_file_names=spec.new_file_names, cpu=cpu)
-            async with anyio.create_task_group() as jobs:
-                while True:
-                    try:
-                        message = await read_frame(reader)
-                    except EOFError:  # the parent is gone: nobody wants the results
-                        jobs.cancel_scope.cancel()
-                        break
-                    if type(message) is Fetch:
-                        scopes[message.job] = anyio.CancelScope()
-                        jobs.start_soon(_job, source, message, scopes, writer)
-                    elif type(message) is Cancel:
-                        if (scope := scopes.pop(message.job, None)) is not None:
-                            scope.cancel()
-                    elif type(message) is Stop:
-                        break
+    async with (
+        open_source(spec.settings, slots=spec.slots) as (source, _),
+        anyio.create_task_group() as jobs,
+    ):
+        while True:
+            try:
+                message = await read_frame(reader)
+            except EOFError:  # the parent is gone: nobody wants the results
+                jobs.cancel_scope.cancel()
+                break
+            if type(message) is Fetch:
+                scopes[message.job] = anyio.CancelScope()
+                jobs.start_soon(_job, source, message, scopes, writer)
+            elif type(message) is Cancel:
+                if (scope := scopes.pop(message.job, None)) is not None:
+                    scope.cancel()
+            elif type(message) is Stop:
+                break
     writer.close()
 
 

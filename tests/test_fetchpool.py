@@ -9,7 +9,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -27,8 +28,7 @@ from bulkdl.errors import (
 )
 from bulkdl.fetchpool import FetchPool, Stop, WorkerSpec, encode
 from bulkdl.fetchpool import _spawn as spawn_worker
-from bulkdl.records import Series
-from bulkdl.sources.http import HttpSettings
+from bulkdl.records import FetchedSeries, Series
 from bulkdl.testing import FakeArchive, FakeNbiaServer, run_in_thread
 from bulkdl.testing.faults import Fault
 from tests.helpers import bulkdl_cmd, download, expected_tree, manifest, tree
@@ -38,23 +38,26 @@ pytestmark = pytest.mark.anyio
 
 def _spec(server: FakeNbiaServer) -> WorkerSpec:
     return WorkerSpec(
-        base_url=server.v4_url,
-        http=HttpSettings(read_timeout=10.0),
-        new_file_names=False,
+        settings=Settings(api_url=server.v4_url, read_timeout=10.0, processes=1),
         slots=1,
         log_level=30,
     )
 
 
-def _inspect() -> object:
-    from functools import partial
-
-    return partial(dicom.read_header, keywords=frozenset(dicom.HEADER_KEYWORDS_ALWAYS))
-
-
 def _series(archive: FakeArchive, index: int = 0) -> Series:
     data = archive.series[index]
     return Series(data.uid, ImageCount=len(data.instances))
+
+
+async def _fetch(
+    pool: FetchPool,
+    series: Series,
+    workdir: Path,
+    on_bytes: Callable[[int], None] = lambda n: None,
+) -> FetchedSeries:
+    """``series`` fetched by ``pool`` into ``workdir``, headers read as a download reads them."""
+    inspect = partial(dicom.read_header, keywords=frozenset(dicom.HEADER_KEYWORDS_ALWAYS))
+    return await pool.fetch(series, workdir, inspect=inspect, on_bytes=on_bytes)
 
 
 @pytest.fixture
@@ -103,9 +106,8 @@ def test_two_processes_place_the_same_tree_as_one(
     meta_two = (tmp_path / "two" / "metadata.csv").read_text().splitlines()
     strip = [line.rsplit(",", 1)[0] for line in meta_one]  # the download timestamp differs
     assert [line.rsplit(",", 1)[0] for line in meta_two] == strip
-    assert nbia_server.log.count("getImage") == 2 * len(
-        uids
-    )  # each series once per run: no refetch, no retry
+    # each series once per run: no refetch, no retry
+    assert nbia_server.log.count("getImage") == 2 * len(uids)
     assert _processes_with(str(tmp_path / "two")) == []  # no worker outlives its run
 
 
@@ -115,21 +117,11 @@ def test_worker_errors_arrive_with_their_kind_and_series(
     async def main() -> None:
         async with FetchPool(_spec(nbia_server), 1) as pool:
             with pytest.raises(UnknownSeriesError) as unknown:
-                await pool.fetch(
-                    Series("1.2.826.0.1.3680043.99.99"),
-                    tmp_path / "w1",
-                    inspect=_inspect(),  # type: ignore[arg-type]
-                    on_bytes=lambda n: None,
-                )
+                await _fetch(pool, Series("1.2.826.0.1.3680043.99.99"), tmp_path / "w1")
             assert unknown.value.url is not None and "getImage" in unknown.value.url
             nbia_server.faults.always(small_archive.series[0].uid, Fault.corrupt(at_fraction=0.5))
             with pytest.raises(ArchiveError) as broken:
-                await pool.fetch(
-                    _series(small_archive),
-                    tmp_path / "w2",
-                    inspect=_inspect(),  # type: ignore[arg-type]
-                    on_bytes=lambda n: None,
-                )
+                await _fetch(pool, _series(small_archive), tmp_path / "w2")
             assert broken.value.series_uid == small_archive.series[0].uid
             assert not any((tmp_path / "w2").rglob("*.dcm"))  # what it wrote is gone
 
@@ -143,12 +135,7 @@ def test_result_bytes_and_progress_come_back(
 
     async def main() -> None:
         async with FetchPool(_spec(nbia_server), 2) as pool:
-            fetched = await pool.fetch(
-                _series(small_archive, 1),
-                tmp_path / "w",
-                inspect=_inspect(),  # type: ignore[arg-type]
-                on_bytes=received.append,
-            )
+            fetched = await _fetch(pool, _series(small_archive, 1), tmp_path / "w", received.append)
         data = small_archive.series[1]
         assert sorted(f.md5 for f in fetched.files) == sorted(i.md5 for i in data.instances)
         for f in fetched.files:  # the staged files are there, as the worker described them
@@ -168,22 +155,12 @@ def test_cancelled_fetch_stops_in_its_worker_which_serves_on(
         async with FetchPool(_spec(slow_server), 1) as pool:
             got: list[int] = []
             with anyio.move_on_after(1.5):
-                await pool.fetch(
-                    _series(small_archive),
-                    tmp_path / "w1",
-                    inspect=_inspect(),  # type: ignore[arg-type]
-                    on_bytes=got.append,
-                )
+                await _fetch(pool, _series(small_archive), tmp_path / "w1", got.append)
                 raise AssertionError("a fetch of several seconds finished in 1.5 s")
             # Back from the cancel only once the worker stopped writing and removed its files.
             assert not any((tmp_path / "w1").rglob("*.dcm"))
             slow_server.bandwidth = None
-            fetched = await pool.fetch(
-                _series(small_archive, 2),
-                tmp_path / "w2",
-                inspect=_inspect(),  # type: ignore[arg-type]
-                on_bytes=lambda n: None,
-            )
+            fetched = await _fetch(pool, _series(small_archive, 2), tmp_path / "w2")
             assert len(fetched.files) == len(small_archive.series[2].instances)
 
     anyio.run(main)
@@ -199,12 +176,7 @@ def test_dead_worker_costs_its_series_one_attempt_and_the_last_one_aborts(
 
             async def doomed() -> None:
                 try:
-                    await pool.fetch(
-                        _series(small_archive),
-                        tmp_path / "w1",
-                        inspect=_inspect(),  # type: ignore[arg-type]
-                        on_bytes=lambda n: None,
-                    )
+                    await _fetch(pool, _series(small_archive), tmp_path / "w1")
                 except TransientError as exc:
                     failed.append(exc)
 
@@ -215,22 +187,12 @@ def test_dead_worker_costs_its_series_one_attempt_and_the_last_one_aborts(
             assert len(failed) == 1 and str(first) in str(failed[0])
             assert pool.pids == [second]
             slow_server.bandwidth = None
-            fetched = await pool.fetch(
-                _series(small_archive, 1),
-                tmp_path / "w2",
-                inspect=_inspect(),  # type: ignore[arg-type]
-                on_bytes=lambda n: None,
-            )
+            fetched = await _fetch(pool, _series(small_archive, 1), tmp_path / "w2")
             assert len(fetched.files) == len(small_archive.series[1].instances)
             os.kill(second, signal.SIGKILL)
             await anyio.sleep(0.5)
             with pytest.raises(AbortError, match="every fetch worker"):
-                await pool.fetch(
-                    _series(small_archive, 2),
-                    tmp_path / "w3",
-                    inspect=_inspect(),  # type: ignore[arg-type]
-                    on_bytes=lambda n: None,
-                )
+                await _fetch(pool, _series(small_archive, 2), tmp_path / "w3")
 
     anyio.run(main)
 
